@@ -1,0 +1,1 @@
+"""Benchmark data: one module per benchmark, plus collators."""

@@ -1,0 +1,38 @@
+"""Collators: right-pad tokenised examples; pair forget and retain examples for unlearning."""
+
+from __future__ import annotations
+
+import torch
+from trl.trainer.utils import pad
+
+from ..ops import IGNORE_INDEX
+
+_PAD = {"input_ids": None, "labels": IGNORE_INDEX, "attention_mask": 0}
+
+
+def pad_examples(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad ``input_ids`` / ``labels`` / ``attention_mask`` to the longest example; other numeric keys are stacked."""
+    batch = {}
+    for key in examples[0]:
+        values = [ex[key] for ex in examples]
+        if key in _PAD:
+            value = pad_token_id if key == "input_ids" else _PAD[key]
+            batch[key] = pad([torch.as_tensor(v) for v in values], padding_value=value, padding_side=padding_side)
+        else:
+            batch[key] = torch.as_tensor(values)
+    return batch
+
+
+class ForgetRetainCollator:
+    """Batches ``{"forget": ex, "retain": ex}`` items into ``forget_*`` and ``retain_*`` tensors."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for part in ("forget", "retain"):
+            if part in items[0]:
+                padded = pad_examples([it[part] for it in items], self.pad_token_id)
+                batch.update({f"{part}_{k}": v for k, v in padded.items()})
+        return batch

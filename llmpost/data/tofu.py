@@ -1,0 +1,153 @@
+"""TOFU (arXiv 2401.06121): loading splits offline or from the hub, prompt templates, answer-only tokenisation.
+
+Splits are read from ``{data_dir}/{split}.jsonl`` when ``data_dir`` is given (the offline twin of the hub dataset), or
+from the hub id ``locuslab/TOFU`` otherwise. Prompts are built exactly as open-unlearning's
+``preprocess_chat_instance`` builds them, from the same template fields (``TemplateArgs``), so that probabilities and
+generations are comparable with its logs:
+
+* base models: ``user_start_tag + question + user_end_tag + asst_start_tag`` then the answer; the default tags are
+  open-unlearning's base-model template ``"Question: "``, ``"\\n"``, ``"Answer: "``, ``"\\n\\n"``;
+* chat models (``apply_chat_template=True``): the tokenizer's chat template, with an optional system prompt.
+
+The prompt and the full text are tokenised separately (with special tokens); labels are ``-100`` over the prompt's
+tokens, and EOS is appended when the tokeniser did not end the sequence with it. Loss and probabilities are therefore
+over the answer tokens (plus EOS) only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from ..ops import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+TOFU_HUB_ID = "locuslab/TOFU"
+ROWS_PER_AUTHOR = 20  # TOFU: 200 fictitious authors x 20 question/answer pairs, in author order in `full`
+NUM_AUTHORS = 200
+
+
+class DataError(ValueError):
+    """A split, file or column is missing or malformed. The message names which and where."""
+
+
+@dataclass
+class TemplateArgs:
+    """Prompt template, with open-unlearning's ``template_args`` field names and its base-model defaults."""
+
+    apply_chat_template: bool = field(default=False, metadata={"help": "Use the tokenizer's chat template."})
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (chat template only)."})
+    user_start_tag: str = field(default="Question: ", metadata={"help": "Text before the question (base models)."})
+    user_end_tag: str = field(default="\n", metadata={"help": "Text after the question (base models)."})
+    asst_start_tag: str = field(default="Answer: ", metadata={"help": "Text before the answer (base models)."})
+    asst_end_tag: str = field(default="\n\n", metadata={"help": "Text after an answer (few-shot examples only)."})
+    date_string: str | None = field(default=None, metadata={"help": "date_string passed to the chat template."})
+
+    @classmethod
+    def from_obj(cls, obj) -> "TemplateArgs":
+        """Build from any object (e.g. a parsed config) carrying the template field names."""
+        return cls(**{name: getattr(obj, name) for name in cls.__dataclass_fields__})
+
+
+def load_split(split: str, data_dir: str | None = None, required_columns=("question", "answer")) -> datasets.Dataset:
+    """Load one TOFU split by its hub name, from ``data_dir`` if given, else from the hub; check its columns."""
+    if data_dir:
+        path = Path(data_dir) / f"{split}.jsonl"
+        if not Path(data_dir).is_dir():
+            raise DataError(f"TOFU data_dir {data_dir!r} does not exist or is not a directory")
+        if not path.is_file():
+            available = sorted(p.stem for p in Path(data_dir).glob("*.jsonl"))
+            raise DataError(f"TOFU split {split!r} not found: no file {path}. Available splits: {available}")
+        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        where = str(path)
+    else:
+        ds = datasets.load_dataset(TOFU_HUB_ID, split, split="train")
+        where = f"{TOFU_HUB_ID}/{split}"
+    missing = [c for c in required_columns if c not in ds.column_names]
+    if missing:
+        raise DataError(f"TOFU split {where} lacks column(s) {missing}; it has {ds.column_names}")
+    return ds
+
+
+def first_authors(ds: datasets.Dataset, num_authors: int | None) -> datasets.Dataset:
+    """Keep the rows of the first ``num_authors`` authors of a retain split (rows are in author order); None keeps all."""
+    if num_authors is None:
+        return ds
+    rows = num_authors * ROWS_PER_AUTHOR
+    if num_authors <= 0 or rows > len(ds):
+        raise DataError(f"num_retain_authors={num_authors} must be in [1, {len(ds) // ROWS_PER_AUTHOR}] for this split")
+    return ds.select(range(rows))
+
+
+def _ids(enc):
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True)
+    return list(enc["input_ids"] if not isinstance(enc, list) else enc)
+
+
+def encode_prompt(tokenizer, template: TemplateArgs, question: str, max_length: int) -> list[int]:
+    """Token ids of the prompt a generation starts from (ends with the assistant start tag)."""
+    if template.apply_chat_template:
+        chat = _chat(template, question, None)
+        return _ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, **_date(template)))
+    return tokenizer(_wrap(template, question), add_special_tokens=True, max_length=max_length, truncation=True)[
+        "input_ids"
+    ]
+
+
+def encode_qa(tokenizer, template: TemplateArgs, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
+    """``input_ids``, ``labels`` (``-100`` over the prompt) and ``attention_mask`` for one question/answer pair."""
+    if template.apply_chat_template:
+        chat = _chat(template, question, answer)
+        full = _ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False, **_date(template)))
+    else:
+        full = tokenizer(
+            _wrap(template, question) + answer, add_special_tokens=True, max_length=max_length, truncation=True
+        )["input_ids"]
+    prompt = encode_prompt(tokenizer, template, question, max_length)
+    full = list(full)
+    if full[-1] != tokenizer.eos_token_id:
+        full.append(tokenizer.eos_token_id)
+    n = len(prompt)
+    if n >= len(full):
+        logger.warning("Tokenisation left no answer token for question %r", question[:80])
+    labels = [IGNORE_INDEX] * n + full[n:]
+    return {"input_ids": full, "labels": labels[: len(full)], "attention_mask": [1] * len(full)}
+
+
+def tokenize_qa(
+    ds: datasets.Dataset,
+    tokenizer,
+    template: TemplateArgs,
+    max_length: int,
+    question_key: str = "question",
+    answer_key: str = "answer",
+) -> datasets.Dataset:
+    """Tokenise a question/answer split; keeps an ``index`` column (row number in the split)."""
+    for key in (question_key, answer_key):
+        if key not in ds.column_names:
+            raise DataError(f"column {key!r} not in dataset columns {ds.column_names}")
+
+    def fn(row, idx):
+        return {**encode_qa(tokenizer, template, row[question_key], row[answer_key], max_length), "index": idx}
+
+    return ds.map(fn, with_indices=True, remove_columns=ds.column_names, desc="Tokenising")
+
+
+def _wrap(t: TemplateArgs, question: str) -> str:
+    return t.user_start_tag + question + t.user_end_tag + t.asst_start_tag
+
+
+def _chat(t: TemplateArgs, question: str, answer: str | None) -> list[dict]:
+    chat = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
+    chat.append({"role": "user", "content": question})
+    if answer is not None:
+        chat.append({"role": "assistant", "content": answer})
+    return chat
+
+
+def _date(t: TemplateArgs) -> dict:
+    return {"date_string": t.date_string} if t.date_string is not None else {}

@@ -1,0 +1,53 @@
+"""Small I/O helpers: atomic result files, output-directory guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same directory, fsync, then ``os.replace``.
+
+    A reader never sees a half-written file, and an interrupted write leaves any previous file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """``json.dump`` ``obj`` (indented) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class OutputDirError(FileExistsError):
+    """The output directory already holds results and overwriting was not asked for."""
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, markers=("*.json", "*.safetensors", "checkpoint-*")) -> None:
+    """Refuse to write into a directory that already holds results, unless ``overwrite``.
+
+    Resuming (``resume_from_checkpoint``) is the caller's business: pass ``overwrite=True`` for it.
+    """
+    out = Path(output_dir)
+    if overwrite or not out.exists():
+        return
+    found = sorted({p.name for m in markers for p in out.glob(m)})
+    if found:
+        raise OutputDirError(
+            f"output_dir {str(out)!r} already holds results ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); "
+            "choose another output_dir, pass --overwrite_output_dir true, or --resume_from_checkpoint to continue"
+        )
