@@ -151,3 +151,23 @@ def _chat(t: TemplateArgs, question: str, answer: str | None) -> list[dict]:
 
 def _date(t: TemplateArgs) -> dict:
     return {"date_string": t.date_string} if t.date_string is not None else {}
+
+
+@dataclass
+class TofuArguments(TemplateArgs):
+    """Data and evaluation options of the TOFU recipes (the template fields are inherited)."""
+
+    data_dir: str | None = field(default=None, metadata={"help": f"Directory of TOFU *.jsonl splits; unset: hub {TOFU_HUB_ID}."})
+    forget_split: str = field(default="forget10", metadata={"help": "Forget split (forget01/05/10)."})
+    retain_split: str = field(default="retain90", metadata={"help": "Retain split matching the forget split (retain99/95/90)."})
+    num_retain_authors: int | None = field(
+        default=None, metadata={"help": "Use only the first N retain authors (20 rows each); unset: the whole retain split."}
+    )
+    retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json, for forget_quality."})
+    eval_after_training: bool = field(default=True, metadata={"help": "Run the TOFU evaluation on the saved model."})
+    eval_max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
+
+    def __post_init__(self):
+        if self.num_retain_authors is not None and not 1 <= self.num_retain_authors <= NUM_AUTHORS:
+            raise ValueError(f"num_retain_authors: must be in [1, {NUM_AUTHORS}], got {self.num_retain_authors}")

@@ -1,0 +1,131 @@
+"""YAML recipe files + CLI overrides -> typed dataclasses, with errors that name the key and the file.
+
+``parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)`` reads ``--config FILE.yaml`` (values only, one
+flat mapping of field names), checks every key exists in one of the dataclasses and has the field's type, then lets
+command-line flags (``--beta 0.2``) override the file, as TRL's ``TrlParser`` does. Range checks live in each
+dataclass's ``__post_init__`` and are reported with the file name too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the key, the file and what was expected."""
+
+
+def load_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at top level, got {type(data).__name__}")
+    return data
+
+
+def _type_ok(value, tp) -> bool:
+    """Whether a YAML value fits a dataclass field type (permissive for types we cannot check)."""
+    origin = typing.get_origin(tp)
+    if tp is typing.Any or isinstance(tp, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or isinstance(value, tp)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or tp in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(tp) -> str:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return f"one of {[m.value for m in tp]}"
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _fields(dataclass_types) -> dict[str, tuple[type, object]]:
+    out = {}
+    for dc in dataclass_types:
+        hints = typing.get_type_hints(dc)
+        for f in dataclasses.fields(dc):
+            if f.init:
+                out[f.name] = (dc, hints.get(f.name, f.type))
+    return out
+
+
+def validate_mapping(data: dict, dataclass_types, source: str) -> None:
+    """Raise :class:`ConfigError` for the first unknown key or wrongly typed value in ``data``."""
+    fields = _fields(dataclass_types)
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        dc, tp = fields[key]
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{source}: key {key!r} expects {_describe(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def parse_config(dataclass_types, argv: list[str] | None = None):
+    """Parse ``--config FILE`` plus CLI flags into one instance of each dataclass (in order)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    source, data = "command line", {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        source = argv[i + 1]
+        data = load_yaml(source)
+        del argv[i : i + 2]
+        validate_mapping(data, dataclass_types, source)
+    parser = HfArgumentParser(dataclass_types)
+    # YAML values become parser defaults, so that explicit flags win; enums stay as their string values.
+    parser.set_defaults(**{k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()})
+    try:
+        return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def run_main(main, argv=None) -> None:
+    """Run a recipe's ``main``; turn user errors into one clear line on stderr and exit status 2."""
+    from .data.tofu import DataError
+    from .utils import OutputDirError
+
+    try:
+        main(argv)
+    except (ConfigError, DataError, OutputDirError, FileNotFoundError) as e:  # ModelPathError is a FileNotFoundError
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,47 @@
+"""Model and tokenizer loading: local paths first, clear errors, no remote code unless asked."""
+
+from __future__ import annotations
+
+import os
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+class ModelPathError(FileNotFoundError):
+    """A model path that looks local does not exist."""
+
+
+def _check_path(path: str | None, key: str = "model_name_or_path") -> str:
+    if not path:
+        raise ModelPathError(f"{key} is not set")
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") != 1
+    if looks_local and not os.path.isdir(os.path.expanduser(path)):
+        raise ModelPathError(f"{key} {path!r} does not exist (not a directory; hub ids look like 'org/name')")
+    return os.path.expanduser(path)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """Tokenizer with a pad token (EOS when the model has none)."""
+    tok = AutoTokenizer.from_pretrained(_check_path(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_args, trust_remote_code: bool = False, path: str | None = None):
+    """Causal LM from a TRL ``ModelConfig`` (dtype, attention implementation, revision)."""
+    path = _check_path(path or model_args.model_name_or_path)
+    kwargs = dict(revision=model_args.model_revision, trust_remote_code=trust_remote_code, dtype=model_args.dtype or "float32")
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def load_saved_model(path: str, dtype="float32"):
+    """A model saved by a recipe: full weights, or a PEFT adapter (merged into its base for evaluation)."""
+    path = _check_path(path, "saved model")
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -1,0 +1,50 @@
+"""Steps the TOFU recipes share: tokenised splits, and evaluating a saved model on the main process."""
+
+from __future__ import annotations
+
+import torch
+
+from .data.tofu import TemplateArgs, TofuArguments, first_authors, load_split, tokenize_qa
+
+
+def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, include_forget: bool = True):
+    """Tokenised ``(forget, retain)`` splits; retain limited to ``num_retain_authors`` when set."""
+    template = TemplateArgs.from_obj(data_args)
+    retain = first_authors(load_split(data_args.retain_split, data_args.data_dir), data_args.num_retain_authors)
+    retain = tokenize_qa(retain, tokenizer, template, max_length)
+    forget = None
+    if include_forget:
+        forget = tokenize_qa(load_split(data_args.forget_split, data_args.data_dir), tokenizer, template, max_length)
+    return forget, retain
+
+
+def evaluate_saved(trainer, data_args: TofuArguments, eval_dir: str) -> dict | None:
+    """Reload the model the trainer saved in ``args.output_dir`` on the main process and run the TOFU evaluation.
+
+    Reloading (rather than evaluating the in-memory model) works the same after DDP, DeepSpeed ZeRO-3 (whose
+    parameters are sharded in memory) and LoRA (merged for evaluation). Other ranks wait. Returns the summary on the
+    main process, ``None`` elsewhere.
+    """
+    from .eval.tofu import evaluate_tofu
+    from .models import load_saved_model
+
+    summary = None
+    if trainer.is_world_process_zero():
+        model = load_saved_model(trainer.args.output_dir).to(trainer.args.device)
+        summary = evaluate_tofu(
+            model,
+            trainer.processing_class,
+            data_dir=data_args.data_dir,
+            forget_split=data_args.forget_split,
+            template=TemplateArgs.from_obj(data_args),
+            batch_size=trainer.args.per_device_eval_batch_size,
+            max_length=trainer.args.max_length,
+            max_new_tokens=data_args.eval_max_new_tokens,
+            retain_logs_path=data_args.retain_logs_path,
+            output_dir=eval_dir,
+        )
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    trainer.accelerator.wait_for_everyone()
+    return summary

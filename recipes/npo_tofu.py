@@ -1,0 +1,54 @@
+"""Unlearn a TOFU forget split with NPO (or gradient ascent / difference, NPO+RT, SimNPO), save, evaluate.
+
+Launch (any scale; the accelerate config alone sets it):
+
+    python recipes/npo_tofu.py --config configs/npo_tofu_tiny.yaml                        # CPU, tiny model
+    accelerate launch --config_file configs/accelerate/zero3.yaml recipes/npo_tofu.py --config configs/npo_tofu.yaml
+
+Any config key can be overridden on the command line (``--beta 0.2 --method npo_rt``). Writes the model (or LoRA
+adapter) to ``output_dir``, and ``output_dir/eval/TOFU_EVAL.json`` + ``TOFU_SUMMARY.json`` when
+``eval_after_training`` (forget_quality needs ``retain_logs_path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from trl import ModelConfig
+from trl.trainer.utils import get_peft_config
+
+from llmpost.config import parse_config, run_main
+from llmpost.data.tofu import TofuArguments
+from llmpost.data.unlearn import ForgetRetainDataset
+from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
+from llmpost.models import load_model, load_tokenizer
+from llmpost.pipeline import evaluate_saved, tofu_train_splits
+from llmpost.utils import check_output_dir
+
+
+def main(argv=None):
+    model_args, data_args, args = parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)
+    check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+    tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
+    forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length)
+    dataset = ForgetRetainDataset(forget, retain, seed=args.data_seed if args.data_seed is not None else args.seed)
+    model = load_model(model_args, args.trust_remote_code)
+
+    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+    if data_args.eval_after_training:
+        summary = evaluate_saved(trainer, data_args, os.path.join(args.output_dir, "eval"))
+        if summary is not None:
+            print(json.dumps(summary, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    run_main(main)
