@@ -1,0 +1,127 @@
+"""Config parsing: every shipped YAML loads into its recipe's dataclasses; bad keys, types and values are errors
+that name the key and the file; CLI flags override YAML."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trl import ModelConfig
+
+from conftest import ROOT
+from llmpost.config import ConfigError, parse_config
+from llmpost.data.tofu import TofuArguments
+from llmpost.methods.unlearn import UnlearnConfig, UnlearnMethod
+
+UNLEARN = (ModelConfig, TofuArguments, UnlearnConfig)
+
+
+def _recipe_types(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[f"recipe_{name}"] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _types_for(config: Path):
+    if config.name.startswith("finetune_tofu"):
+        from trl import SFTConfig
+
+        return (ModelConfig, TofuArguments, _recipe_types("finetune_tofu").FinetuneArguments, SFTConfig)
+    if config.name.startswith("npo_tofu"):
+        return UNLEARN
+    raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")
+
+
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    assert {p.name for p in SHIPPED} >= {"npo_tofu.yaml", "npo_tofu_tiny.yaml", "finetune_tofu.yaml", "finetune_tofu_tiny.yaml"}
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(config, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    # GPU configs ask for bf16, which needs a GPU to validate; override on CPU only what the hardware decides
+    extra = ["--bf16", "false", "--use_cpu", "true"]
+    parsed = parse_config(_types_for(config), ["--config", str(config), *extra])
+    assert parsed[0].model_name_or_path
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nbetta: 0.2\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(UNLEARN, ["--config", path])
+    assert path in str(e.value) and "'betta'" in str(e.value) and "did you mean 'beta'" in str(e.value)
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nbeta: high\n")
+    with pytest.raises(ConfigError, match=r"key 'beta' expects float, got 'high'"):
+        parse_config(UNLEARN, ["--config", path])
+    path = _write(tmp_path, "output_dir: x\nnum_train_epochs: true\n")
+    with pytest.raises(ConfigError, match="num_train_epochs"):
+        parse_config(UNLEARN, ["--config", path])
+
+
+def test_bad_enum_value_lists_choices(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nmethod: npoo\n")
+    with pytest.raises(ConfigError, match=r"key 'method' expects one of \['grad_ascent'"):
+        parse_config(UNLEARN, ["--config", path])
+
+
+def test_out_of_range_value_names_file_and_key(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nuse_cpu: true\nbeta: -1.0\n")
+    with pytest.raises(ConfigError, match=rf"{path}: .*beta: must be > 0"):
+        parse_config(UNLEARN, ["--config", path])
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config(UNLEARN, ["--config", _write(tmp_path, "- a\n- b\n")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config(UNLEARN, ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_cli_overrides_yaml(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nuse_cpu: true\nbeta: 0.3\nmethod: npo\n")
+    _, _, args = parse_config(UNLEARN, ["--config", path, "--beta", "0.7", "--method", "simnpo"])
+    assert args.beta == 0.7 and args.method == UnlearnMethod.SIMNPO
+    _, _, args = parse_config(UNLEARN, ["--config", path])
+    assert args.beta == 0.3 and args.method == UnlearnMethod.NPO
+
+
+def _run_recipe(*argv, cwd=ROOT):
+    return subprocess.run([sys.executable, "recipes/npo_tofu.py", *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_recipe_user_errors_exit_2_with_one_clear_line(tmp_path):
+    base = ["--config", "configs/npo_tofu_tiny.yaml", "--model_name_or_path", "../shared/models/stories260K"]
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "a"), "--bettta", "0.1")
+    assert r.returncode == 2 and "--bettta" in r.stderr
+    r = _run_recipe("--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in r.stderr and "does not exist" in r.stderr
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "b"), "--model_name_or_path", "./no/such/model")
+    assert r.returncode == 2 and "'./no/such/model' does not exist" in r.stderr
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "c"), "--forget_split", "forget11")
+    assert r.returncode == 2 and "'forget11' not found" in r.stderr and "forget10" in r.stderr
+    # an output directory holding results is not overwritten
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "TOFU_SUMMARY.json").write_text('{"keep": 1}')
+    r = _run_recipe(*base, "--output_dir", str(out))
+    assert r.returncode == 2 and "already holds results" in r.stderr
+    assert (out / "TOFU_SUMMARY.json").read_text() == '{"keep": 1}' and sorted(p.name for p in out.iterdir()) == ["TOFU_SUMMARY.json"]
+    assert "Traceback" not in r.stderr
