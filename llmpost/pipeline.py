@@ -19,32 +19,32 @@ def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, incl
 
 
 def evaluate_saved(trainer, data_args: TofuArguments, eval_dir: str) -> dict | None:
-    """Reload the model the trainer saved in ``args.output_dir`` on the main process and run the TOFU evaluation.
+    """Reload the model the trainer saved in ``args.output_dir`` and run the TOFU evaluation on every process.
 
     Reloading (rather than evaluating the in-memory model) works the same after DDP, DeepSpeed ZeRO-3 (whose
-    parameters are sharded in memory) and LoRA (merged for evaluation). Other ranks wait. Returns the summary on the
-    main process, ``None`` elsewhere.
+    parameters are sharded in memory) and LoRA (merged for evaluation). Each process holds one full copy for
+    evaluation and scores a shard of the examples; the main process writes the files. Returns the summary on the main
+    process, ``None`` elsewhere.
     """
     from .eval.tofu import evaluate_tofu
     from .models import load_saved_model
 
-    summary = None
-    if trainer.is_world_process_zero():
-        model = load_saved_model(trainer.args.output_dir).to(trainer.args.device)
-        summary = evaluate_tofu(
-            model,
-            trainer.processing_class,
-            data_dir=data_args.data_dir,
-            forget_split=data_args.forget_split,
-            template=TemplateArgs.from_obj(data_args),
-            batch_size=trainer.args.per_device_eval_batch_size,
-            max_length=trainer.args.max_length,
-            max_new_tokens=data_args.eval_max_new_tokens,
-            retain_logs_path=data_args.retain_logs_path,
-            output_dir=eval_dir,
-        )
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     trainer.accelerator.wait_for_everyone()
-    return summary
+    model = load_saved_model(trainer.args.output_dir).to(trainer.args.device)
+    summary = evaluate_tofu(
+        model,
+        trainer.processing_class,
+        data_dir=data_args.data_dir,
+        forget_split=data_args.forget_split,
+        template=TemplateArgs.from_obj(data_args),
+        batch_size=trainer.args.per_device_eval_batch_size,
+        max_length=trainer.args.max_length,
+        max_new_tokens=data_args.eval_max_new_tokens,
+        retain_logs_path=data_args.retain_logs_path,
+        output_dir=eval_dir,
+    )
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trainer.accelerator.wait_for_everyone()
+    return summary if trainer.is_world_process_zero() else None
