@@ -52,7 +52,7 @@ def _params(model):
 @pytest.mark.parametrize(
     "method,extra",
     [("grad_ascent", {}), ("grad_diff", {}), ("grad_diff", {"retain_loss": "kl"}), ("npo", {}), ("npo_rt", {}),
-     ("simnpo", {"simnpo_beta": 0.1, "alpha": 0.1})],
+     ("npo", {"reference": "model", "ref_model_name_or_path": str(TINY_MODEL)}), ("simnpo", {"simnpo_beta": 0.1, "alpha": 0.1})],
 )
 def test_each_method_lowers_forget_likelihood(tmp_path, splits, tokenizer, method, extra):
     forget, retain = splits

@@ -152,6 +152,8 @@ class UnlearnTrainer(Trainer):
             if not path:
                 raise ValueError("reference: 'model' needs ref_model_name_or_path (the model was built in memory)")
             ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
+        if args.fused_lm_head:
+            add_fused_lm_head(ref_model)
         ref_model.requires_grad_(False).eval()
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(ref_model, self.accelerator)
@@ -224,8 +226,8 @@ class UnlearnTrainer(Trainer):
             loss = loss + args.alpha * retain.mean()
             metrics["retain_loss"] = retain.detach()
         self._check_finite(loss)
-        for key, value in metrics.items():
-            self._metrics[key].append(self.accelerator.gather_for_metrics(value.float()).mean().item())
+        for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
+            self._metrics[key].append(value.float().mean())
         return loss
 
     def _ref_logps(self, inputs) -> torch.Tensor:
@@ -256,8 +258,11 @@ class UnlearnTrainer(Trainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Called on every process at the same steps, so the gather below cannot deadlock.
         if self._metrics and "loss" in logs:
-            logs.update({key: sum(vals) / len(vals) for key, vals in self._metrics.items()})
+            local = torch.stack([torch.stack(vals).mean() for vals in self._metrics.values()])
+            means = self.accelerator.gather(local[None]).mean(0).tolist()
+            logs.update(dict(zip(self._metrics, means)))
             self._metrics.clear()
         super().log(logs, start_time)
 
