@@ -1,0 +1,245 @@
+"""The ``llmpost`` command: ``llmpost eval tofu ...`` (more benchmarks and ``llmpost report`` plug in as subcommands).
+
+Example (offline, base-model template)::
+
+    llmpost eval tofu --model_name_or_path out/npo_tofu --data_dir ../shared/data/tofu --forget_split forget10 \\
+        --retain_logs_path retain90/TOFU_EVAL.json --output_dir out/npo_tofu/eval
+
+Bad input (a missing model path, split file or retain log, an unknown flag, an output directory that already holds
+results) stops with a message naming it and exit status 2, before anything is written. Template strings and stop words
+may use the escapes ``\\n`` and ``\\t`` (``--asst_end_tag '\\n\\n'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data.tofu import DataError, TemplateArgs
+from .utils import OutputDirError, check_output_dir
+
+logger = logging.getLogger("llmpost")
+
+
+class CliError(ValueError):
+    """Bad command-line input; the message names the flag or path."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dataclass -> argparse
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "y"):
+        return True
+    if value in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _unescape(text: str) -> str:
+    r"""Interpret ``\n``, ``\t`` and ``\\`` (shells pass them literally); other characters are kept as they are."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls, required: tuple[str, ...] = (), unescape=()) -> None:
+    """One ``--name`` flag per field of dataclass ``cls`` (str, int, bool, optional and list-of-str fields)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = hints[f.name], False
+        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp, optional = args[0], True
+        kwargs: dict = {"help": f.metadata.get("help", ""), "dest": f.name}
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        if tp is bool:
+            kwargs |= {"type": _parse_bool, "nargs": "?", "const": True, "metavar": "{true,false}"}
+        elif typing.get_origin(tp) is list:
+            kwargs |= {"type": _unescape if f.name in unescape else str, "nargs": "*"}
+        else:
+            kwargs["type"] = _unescape if f.name in unescape else tp
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            kwargs["help"] += f" (default: {default!r})" if default is not None or optional else ""
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# llmpost eval tofu
+
+
+@dataclass
+class TofuEvalArgs:
+    """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
+
+    model_name_or_path: str = field(default="", metadata={"help": "Model directory (or a PEFT adapter) or hub id."})
+    output_dir: str = field(default="", metadata={"help": "Where TOFU_EVAL.json and TOFU_SUMMARY.json are written."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+    data_dir: str | None = field(default=None, metadata={"help": "Directory of TOFU *.jsonl splits; unset: hub."})
+    forget_split: str = field(default="forget10", metadata={"help": "forget01, forget05 or forget10."})
+    holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for privleak; default: matching."})
+    retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of forward passes and generation."})
+    max_length: int = field(default=512, metadata={"help": "Truncation length in tokens."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
+    compute_generation: bool = field(default=True, metadata={"help": "Generate for ROUGE (needed for model_utility)."})
+    stopwords: list[str] | None = field(default=None, metadata={"help": "Strings that end a generation."})
+    generation_backend: str = field(default="transformers", metadata={"help": "transformers or vllm (GPU)."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
+    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
+    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
+
+
+def _check_model_path(path: str, flag: str) -> str:
+    """A path that exists, or a hub id ('org/name'); a missing local-looking path is an error naming the flag."""
+    if not path:
+        raise CliError(f"--{flag} is empty")
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise CliError(f"--{flag} {path!r} is not a directory")
+        return str(p)
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1:
+        raise CliError(f"--{flag} {path!r} does not exist (hub ids look like 'org/name')")
+    return path
+
+
+def _load_model_and_tokenizer(args: TofuEvalArgs):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_path = _check_model_path(args.model_name_or_path, "model_name_or_path")
+    tok_path = model_path
+    if args.tokenizer_name_or_path:
+        tok_path = _check_model_path(args.tokenizer_name_or_path, "tokenizer_name_or_path")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise CliError(f"could not load a tokenizer from {tok_path!r} (see --tokenizer_name_or_path): {e}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
+    try:
+        if (Path(model_path) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(model_path, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise CliError(f"could not load a model from --model_name_or_path {model_path!r}: {e}") from e
+    return model.to(device), tokenizer
+
+
+def _validate_tofu_args(args: TofuEvalArgs) -> None:
+    for name in ("batch_size", "max_length", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    if args.generation_backend not in ("transformers", "vllm"):
+        raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {args.generation_backend!r}")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise CliError(f"--data_dir {args.data_dir!r} is not a directory")
+
+
+def run_eval_tofu(ns: argparse.Namespace) -> int:
+    """``llmpost eval tofu``: check every input, load, evaluate, write the two result files, print the summary."""
+    from .eval.tofu import (
+        EVAL_FILE,
+        SUMMARY_FILE,
+        evaluate_tofu,
+        format_summary,
+        load_retain_logs,
+        load_tofu_eval_splits,
+    )
+
+    names = {f.name for f in dataclasses.fields(TofuEvalArgs)}
+    args = TofuEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    template = TemplateArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TemplateArgs)})
+    _validate_tofu_args(args)
+    try:
+        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=(EVAL_FILE, SUMMARY_FILE))
+    except OutputDirError as e:
+        raise CliError(
+            f"--output_dir {args.output_dir!r} already holds TOFU results; choose another --output_dir or pass "
+            "--overwrite_output_dir true"
+        ) from e
+    # Fail on missing data or a bad retain log before the (slow) model load.
+    load_tofu_eval_splits(args.data_dir, args.forget_split, args.holdout_split, args.max_examples)
+    if args.retain_logs_path:
+        load_retain_logs(args.retain_logs_path)
+    model, tokenizer = _load_model_and_tokenizer(args)
+    vllm_model = args.model_name_or_path if args.generation_backend == "vllm" else None
+    summary = evaluate_tofu(
+        model, tokenizer, data_dir=args.data_dir, forget_split=args.forget_split, holdout_split=args.holdout_split,
+        template=template, batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        retain_logs_path=args.retain_logs_path, output_dir=args.output_dir, compute_generation=args.compute_generation,
+        stopwords=args.stopwords, generation_backend=args.generation_backend, vllm_model=vllm_model,
+        max_examples=args.max_examples,
+    )  # fmt: skip
+    print(format_summary(summary))
+    print(f"\nResults: {Path(args.output_dir) / EVAL_FILE}, {Path(args.output_dir) / SUMMARY_FILE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``llmpost COMMAND ...``; ``eval`` has one sub-command per benchmark."""
+    parser = argparse.ArgumentParser(prog="llmpost", description="LLM post-training and unlearning: evaluation tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    evaluate = commands.add_parser("eval", help="Evaluate a model on a benchmark.")
+    benchmarks = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    tofu = benchmarks.add_parser(
+        "tofu",
+        help="TOFU (open-unlearning metrics and result files).",
+        description="Evaluate a model on TOFU; writes TOFU_EVAL.json and TOFU_SUMMARY.json into --output_dir.",
+    )
+    _add_dataclass_args(tofu, TofuEvalArgs, required=("model_name_or_path", "output_dir"), unescape=("stopwords",))
+    template_flags = tuple(f.name for f in dataclasses.fields(TemplateArgs) if f.name != "apply_chat_template")
+    _add_dataclass_args(tofu.add_argument_group("prompt template"), TemplateArgs, unescape=template_flags)
+    tofu.set_defaults(func=run_eval_tofu)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llmpost`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .eval.tofu import RetainLogError
+
+    try:
+        return args.func(args)
+    except (CliError, DataError, RetainLogError) as e:
+        print(f"llmpost: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
