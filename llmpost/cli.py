@@ -1,4 +1,4 @@
-"""The ``llmpost`` command: ``llmpost eval tofu ...`` (more benchmarks and ``llmpost report`` plug in as subcommands).
+"""The ``llmpost`` command: ``llmpost eval tofu ...`` and ``llmpost report tofu ...`` (more benchmarks plug in as subcommands).
 
 Example (offline, base-model template)::
 
@@ -207,6 +207,29 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_report_tofu(ns: argparse.Namespace) -> int:
+    """``llmpost report tofu``: a table of several evaluated runs and a forget-quality vs model-utility plot."""
+    from .report import tofu_report
+    from .utils import atomic_write_text
+
+    runs = {}
+    for spec in ns.run:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--run expects NAME=EVAL_DIR, got {spec!r}")
+        runs[name] = path
+    try:
+        table = tofu_report(runs, ns.retain_logs_path, ns.plot)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from e
+    print(table)
+    if ns.plot:
+        print(f"\nPlot: {ns.plot}")
+    if ns.output:
+        atomic_write_text(ns.output, table + "\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -225,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     template_flags = tuple(f.name for f in dataclasses.fields(TemplateArgs) if f.name != "apply_chat_template")
     _add_dataclass_args(tofu.add_argument_group("prompt template"), TemplateArgs, unescape=template_flags)
     tofu.set_defaults(func=run_eval_tofu)
+
+    report = commands.add_parser("report", help="Compare evaluated runs.")
+    report_benchmarks = report.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    rtofu = report_benchmarks.add_parser(
+        "tofu", help="Table and plot of TOFU runs.",
+        description="Print forget_quality, model_utility, forget/retain probabilities and truth ratio per run; "
+        "fill in forget_quality from --retain_logs_path where a run lacks it; plot forget quality vs model utility.",
+    )
+    rtofu.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
+                       help="A run: its name and the directory holding its TOFU_SUMMARY.json (repeat, in order).")
+    rtofu.add_argument("--retain_logs_path", default=None, help="The retain model's TOFU_EVAL.json.")
+    rtofu.add_argument("--plot", default=None, help="Write a PNG of forget quality vs model utility here.")
+    rtofu.add_argument("--output", default=None, help="Also write the table to this text file.")
+    rtofu.set_defaults(func=run_report_tofu)
     return parser
 
 
