@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from enum import Enum
 from pathlib import Path
+
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10
+
+    class StrEnum(str, Enum):
+        """A string-valued enum whose ``str()`` is its value (``enum.StrEnum`` from Python 3.11)."""
+
+        def __str__(self) -> str:
+            return str(self.value)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

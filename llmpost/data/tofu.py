@@ -48,7 +48,7 @@ class TemplateArgs:
     date_string: str | None = field(default=None, metadata={"help": "date_string passed to the chat template."})
 
     @classmethod
-    def from_obj(cls, obj) -> "TemplateArgs":
+    def from_obj(cls, obj) -> TemplateArgs:
         """Build from any object (e.g. a parsed config) carrying the template field names."""
         return cls(**{name: getattr(obj, name) for name in cls.__dataclass_fields__})
 

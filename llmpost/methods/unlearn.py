@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 from accelerate.utils import is_peft_model
@@ -31,6 +30,7 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from ..data.collators import ForgetRetainCollator, pad_examples
 from ..ops import sequence_logps, shift_labels, token_logps
+from ..utils import StrEnum
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
 from .npo import npo_loss
 from .simnpo import simnpo_loss
@@ -183,6 +183,8 @@ class UnlearnTrainer(Trainer):
             idx, seq = self.accelerator.gather_for_metrics((batch["index"], sequence_logps(logps, mask)))
             out[idx.cpu()] = seq.float().cpu()
         model.train(was_training)
+        if model is not self.model:  # drop the inference engine's ZeRO-3 hooks: they would clash with the training engine's
+            model.destroy()
         if torch.isnan(out).any():
             raise RuntimeError("reference pass left forget rows without a log-prob (check the 'index' column)")
         return out
