@@ -1,0 +1,91 @@
+"""Run ``recipes/npo_tofu.py`` unchanged, recording what each process saw and ended with (used by test_distributed.py).
+
+Launched exactly like the recipe (``python`` or ``accelerate launch``, same arguments). It swaps the recipe's
+``UnlearnTrainer`` for a subclass that, on every ``compute_loss`` call, records the optimizer step, the forget and
+retain ``index`` values of this process's micro-batch and the loss this process computed, and after ``train()``
+writes, into ``$LLMPOST_DIST_DUMP_DIR``:
+
+- ``rank{R}.json``: rank, world size, the per-micro-batch records, the logged ``grad_norm`` per optimizer step;
+- ``rank{R}.pt``: every parameter in float32 (under ZeRO-3 gathered from all shards, on all ranks, first) and the
+  precomputed reference log-probs, if any.
+
+Nothing here changes the training itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from llmpost.config import run_main
+from llmpost.methods.unlearn import UnlearnTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RecordingUnlearnTrainer(UnlearnTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[dict] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.seen.append({
+            "step": int(self.state.global_step),
+            "forget_index": inputs["forget_index"].tolist(),
+            "retain_index": inputs["retain_index"].tolist() if "retain_index" in inputs else None,
+            "n": int(inputs["forget_index"].numel()),
+            "loss": float(loss.detach()),
+        })
+        return loss
+
+    def _gathered(self):
+        params = list(self.model.parameters())
+        if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: each rank holds a shard; gather on every rank
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def train(self, *args, **kwargs):
+        out = super().train(*args, **kwargs)
+        dump = os.environ["LLMPOST_DIST_DUMP_DIR"]
+        rank = self.accelerator.process_index
+        with self._gathered():
+            params = {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.model.named_parameters()}
+        ref = self.ref_forget_logps.clone() if self.ref_forget_logps is not None else None
+        torch.save({"params": params, "ref_forget_logps": ref}, os.path.join(dump, f"rank{rank}.pt"))
+        grad_norms = {int(h["step"]): float(h["grad_norm"]) for h in self.state.log_history if "grad_norm" in h}
+        record = {
+            "rank": rank,
+            "world_size": self.accelerator.num_processes,
+            "env_rank": os.environ.get("RANK"),
+            "deepspeed": bool(self.is_deepspeed_enabled),
+            "zero_stage": self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None,
+            "zero3_partitioned": any(hasattr(p, "ds_id") for p in self.model.parameters()),
+            "wrapper": type(self.model_wrapped).__name__,
+            "global_step": int(self.state.global_step),
+            "seen": self.seen,
+            "grad_norm": grad_norms,
+        }
+        with open(os.path.join(dump, f"rank{rank}.json"), "w") as f:
+            json.dump(record, f)
+        return out
+
+
+def main() -> None:
+    spec = importlib.util.spec_from_file_location("npo_tofu_recipe", REPO / "recipes" / "npo_tofu.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    recipe.UnlearnTrainer = RecordingUnlearnTrainer
+    run_main(recipe.main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
