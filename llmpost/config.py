@@ -119,6 +119,22 @@ def parse_config(dataclass_types, argv: list[str] | None = None):
         raise ConfigError(f"{source}: {e}") from None
 
 
+def check_launch(args) -> None:
+    """Catch launch settings that would silently do something else than asked.
+
+    ``use_cpu: true`` (as in the tiny CPU configs) makes accelerate drop DeepSpeed while transformers still shards the
+    model at load time, which ends in an obscure shape error; on CPU, DeepSpeed also needs the gloo backend.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if getattr(args, "use_cpu", False):
+            raise ConfigError(
+                "use_cpu: true disables DeepSpeed, but this run was launched with a DeepSpeed accelerate config; "
+                "for DeepSpeed on CPU pass --use_cpu false --ddp_backend gloo"
+            )
+
+
 def run_main(main, argv=None) -> None:
     """Run a recipe's ``main``; turn user errors into one clear line on stderr and exit status 2."""
     from .data.tofu import DataError

@@ -19,7 +19,7 @@ from datasets import concatenate_datasets
 from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.trainer.utils import get_peft_config
 
-from llmpost.config import parse_config, run_main
+from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.tofu import TofuArguments
 from llmpost.models import load_model, load_tokenizer
 from llmpost.pipeline import evaluate_saved, tofu_train_splits
@@ -33,6 +33,7 @@ class FinetuneArguments:
 
 def main(argv=None):
     model_args, data_args, ft_args, args = parse_config((ModelConfig, TofuArguments, FinetuneArguments, SFTConfig), argv)
+    check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length, include_forget=ft_args.include_forget)

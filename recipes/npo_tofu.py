@@ -18,7 +18,7 @@ import os
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
-from llmpost.config import parse_config, run_main
+from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.tofu import TofuArguments
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
@@ -29,6 +29,7 @@ from llmpost.utils import check_output_dir
 
 def main(argv=None):
     model_args, data_args, args = parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)
+    check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length)

@@ -174,15 +174,15 @@ class UnlearnTrainer(Trainer):
         bs = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
         loader = DataLoader(forget_dataset, batch_size=bs, shuffle=False, collate_fn=lambda ex: pad_examples(ex, self.pad_id))
         loader = self.accelerator.prepare(loader)
+        was_training = self.model.training
         model = prepare_deepspeed(self.model, self.accelerator) if self.is_deepspeed_enabled else self.model
-        was_training = model.training
         model.eval()
         out = torch.full((len(forget_dataset),), float("nan"))
         for batch in loader:
             logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused)
             idx, seq = self.accelerator.gather_for_metrics((batch["index"], sequence_logps(logps, mask)))
             out[idx.cpu()] = seq.float().cpu()
-        model.train(was_training)
+        self.model.train(was_training)
         if model is not self.model:  # drop the inference engine's ZeRO-3 hooks: they would clash with the training engine's
             model.destroy()
         if torch.isnan(out).any():
