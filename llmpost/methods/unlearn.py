@@ -128,7 +128,7 @@ class UnlearnTrainer(Trainer):
             self.ref_model = self._prepare_ref_model(ref_model, args)
         self.ref_forget_logps = None
         if self.reference == Reference.PRECOMPUTED:
-            self.ref_forget_logps = self.precompute_ref_logps(train_dataset.forget)
+            self.ref_forget_logps = self.precompute_ref_logps(train_dataset.forget).to(self.accelerator.device)
 
     # ----- reference -------------------------------------------------------------------------------------------------
     def _resolve_reference(self, args: UnlearnConfig, have_ref_model: bool) -> Reference | None:
@@ -228,13 +228,14 @@ class UnlearnTrainer(Trainer):
             loss = loss + args.alpha * retain.mean()
             metrics["retain_loss"] = retain.detach()
         self._check_finite(loss)
-        for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
-            self._metrics[key].append(value.float().mean())
+        if self.args.logging_strategy != "no":
+            for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
+                self._metrics[key].append(value.float().mean())
         return loss
 
     def _ref_logps(self, inputs) -> torch.Tensor:
         if self.ref_forget_logps is not None:
-            return self.ref_forget_logps.to(inputs["forget_index"].device)[inputs["forget_index"]]
+            return self.ref_forget_logps[inputs["forget_index"]]
         with torch.no_grad(), self._reference_ctx() as ref:
             logps, mask = token_logps(ref, inputs["forget_input_ids"], inputs["forget_attention_mask"], inputs["forget_labels"], fused=self.fused)
         return sequence_logps(logps, mask)
@@ -248,6 +249,8 @@ class UnlearnTrainer(Trainer):
         return retain_kl_loss(logits, ref_logits, mask)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
+        # Checked on every micro-batch, before backward: under DeepSpeed the weights are updated inside the backward of
+        # the last micro-batch, so a check at optimizer-step time would come too late. Costs one scalar sync.
         ok = torch.isfinite(loss.detach()).float().reshape(1)
         if self.accelerator.num_processes > 1:
             ok = self.accelerator.gather(ok).min()  # every rank must stop together, or DDP hangs
