@@ -51,27 +51,37 @@ def format_table(runs: dict[str, dict], keys=TABLE_KEYS) -> str:
 
 
 def plot_runs(runs: dict[str, dict], path: str | os.PathLike) -> None:
-    """Scatter of forget quality (log scale, higher is better) against model utility, one labelled point per run."""
+    """Two panels, one labelled point per run: forget quality (log scale) against model utility, TOFU's headline
+    trade-off; and forget-set against retain-set answer probability, which still separates runs when a small model
+    has no utility (its Real Authors / World Facts ROUGE of 0 makes the harmonic mean 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    for name, s in runs.items():
-        fq, mu = s.get("forget_quality"), s.get("model_utility")
-        if fq is None or mu is None:
-            continue
-        ax.scatter(mu, max(fq, 1e-30), s=60)
-        ax.annotate(name, (mu, max(fq, 1e-30)), textcoords="offset points", xytext=(6, 4))
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS-test p-value)")
-    ax.set_title("TOFU: forget quality vs model utility")
-    ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    panels = (
+        ("model_utility", "forget_quality", "model utility", "forget quality (KS-test p-value)", True),
+        ("retain_Q_A_Prob", "forget_Q_A_Prob", "retain Q/A probability", "forget Q/A probability", False),
+    )
+    for ax, (xkey, ykey, xlabel, ylabel, logy) in zip(axes, panels):
+        for name, s in runs.items():
+            x, y = s.get(xkey), s.get(ykey)
+            if x is None or y is None:
+                continue
+            y = max(y, 1e-30) if logy else y
+            ax.scatter(x, y, s=60)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4))
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("TOFU: forget quality vs model utility")
+    axes[1].set_title("forget vs retain answer probability")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
