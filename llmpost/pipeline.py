@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 from .data.tofu import TemplateArgs, TofuArguments, first_authors, load_split, tokenize_qa
@@ -48,3 +51,15 @@ def evaluate_saved(trainer, data_args: TofuArguments, eval_dir: str) -> dict | N
         torch.cuda.empty_cache()
     trainer.accelerator.wait_for_everyone()
     return summary if trainer.is_world_process_zero() else None
+
+
+def save_and_evaluate(trainer, data_args: TofuArguments) -> None:
+    """End of a TOFU recipe: save the model (and tokenizer) to ``output_dir``, evaluate it into ``output_dir/eval``
+    when ``eval_after_training``, print the summary, and shut the processes down cleanly."""
+    trainer.save_model(trainer.args.output_dir)  # under ZeRO-3 this gathers the full weights; saves the tokenizer too
+    if data_args.eval_after_training:
+        summary = evaluate_saved(trainer, data_args, os.path.join(trainer.args.output_dir, "eval"))
+        if summary is not None:
+            print(json.dumps(summary, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()

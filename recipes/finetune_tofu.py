@@ -11,8 +11,6 @@ open-unlearning). After training the model is evaluated on TOFU; the retain mode
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 from datasets import concatenate_datasets
@@ -22,7 +20,7 @@ from trl.trainer.utils import get_peft_config
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.tofu import TofuArguments
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import evaluate_saved, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate, tofu_train_splits
 from llmpost.utils import check_output_dir
 
 
@@ -45,14 +43,7 @@ def main(argv=None):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    if data_args.eval_after_training:
-        summary = evaluate_saved(trainer, data_args, os.path.join(args.output_dir, "eval"))
-        if summary is not None:
-            print(json.dumps(summary, indent=2))
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    save_and_evaluate(trainer, data_args)
 
 
 if __name__ == "__main__":

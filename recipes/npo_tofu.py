@@ -12,9 +12,6 @@ adapter) to ``output_dir``, and ``output_dir/eval/TOFU_EVAL.json`` + ``TOFU_SUMM
 
 from __future__ import annotations
 
-import json
-import os
-
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
@@ -23,7 +20,7 @@ from llmpost.data.tofu import TofuArguments
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import evaluate_saved, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate, tofu_train_splits
 from llmpost.utils import check_output_dir
 
 
@@ -38,17 +35,7 @@ def main(argv=None):
 
     trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-
-    if data_args.eval_after_training:
-        summary = evaluate_saved(trainer, data_args, os.path.join(args.output_dir, "eval"))
-        if summary is not None:
-            print(json.dumps(summary, indent=2))
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    save_and_evaluate(trainer, data_args)
 
 
 if __name__ == "__main__":
