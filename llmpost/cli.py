@@ -112,17 +112,12 @@ class TofuEvalArgs:
 
 
 def _check_model_path(path: str, flag: str) -> str:
-    """A path that exists, or a hub id ('org/name'); a missing local-looking path is an error naming the flag."""
-    if not path:
-        raise CliError(f"--{flag} is empty")
-    p = Path(path).expanduser()
-    if p.exists():
-        if not p.is_dir():
-            raise CliError(f"--{flag} {path!r} is not a directory")
-        return str(p)
-    if path.startswith(("/", ".", "~")) or path.count("/") != 1:
-        raise CliError(f"--{flag} {path!r} does not exist (hub ids look like 'org/name')")
-    return path
+    from .models import ModelPathError, check_model_path
+
+    try:
+        return check_model_path(path, f"--{flag}")
+    except ModelPathError as e:
+        raise CliError(str(e)) from e
 
 
 def _load_model_and_tokenizer(args: TofuEvalArgs):

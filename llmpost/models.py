@@ -11,18 +11,23 @@ class ModelPathError(FileNotFoundError):
     """A model path that looks local does not exist."""
 
 
-def _check_path(path: str | None, key: str = "model_name_or_path") -> str:
+def check_model_path(path: str | None, key: str = "model_name_or_path") -> str:
+    """A local directory that exists, or a hub id (``org/name``); a missing local-looking path is an error naming ``key``."""
     if not path:
         raise ModelPathError(f"{key} is not set")
-    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") != 1
-    if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise ModelPathError(f"{key} {path!r} does not exist (not a directory; hub ids look like 'org/name')")
-    return os.path.expanduser(path)
+    local = os.path.expanduser(path)
+    if os.path.exists(local):
+        if not os.path.isdir(local):
+            raise ModelPathError(f"{key} {path!r} is not a directory")
+        return local
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") != 1:
+        raise ModelPathError(f"{key} {path!r} does not exist (hub ids look like 'org/name')")
+    return path
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     """Tokenizer with a pad token (EOS when the model has none)."""
-    tok = AutoTokenizer.from_pretrained(_check_path(path), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(check_model_path(path), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -30,7 +35,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def load_model(model_args, trust_remote_code: bool = False, path: str | None = None):
     """Causal LM from a TRL ``ModelConfig`` (dtype, attention implementation, revision)."""
-    path = _check_path(path or model_args.model_name_or_path)
+    path = check_model_path(path or model_args.model_name_or_path)
     kwargs = dict(revision=model_args.model_revision, trust_remote_code=trust_remote_code, dtype=model_args.dtype or "float32")
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
@@ -39,7 +44,7 @@ def load_model(model_args, trust_remote_code: bool = False, path: str | None = N
 
 def load_saved_model(path: str, dtype="float32"):
     """A model saved by a recipe: full weights, or a PEFT adapter (merged into its base for evaluation)."""
-    path = _check_path(path, "saved model")
+    path = check_model_path(path, "saved model")
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import AutoPeftModelForCausalLM
 
