@@ -45,6 +45,7 @@ def evaluate_saved(trainer, data_args: TofuArguments, eval_dir: str) -> dict | N
         max_new_tokens=data_args.eval_max_new_tokens,
         retain_logs_path=data_args.retain_logs_path,
         output_dir=eval_dir,
+        max_examples=data_args.eval_max_examples,
     )
     del model
     if torch.cuda.is_available():

@@ -166,6 +166,9 @@ class TofuArguments(TemplateArgs):
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json, for forget_quality."})
     eval_after_training: bool = field(default=True, metadata={"help": "Run the TOFU evaluation on the saved model."})
     eval_max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."})
+    eval_max_examples: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N rows of each split (smoke tests; not the benchmark)."}
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
 
     def __post_init__(self):
