@@ -1,4 +1,4 @@
-"""Steps the TOFU recipes share: tokenised splits, and evaluating a saved model on the main process."""
+"""Steps the TOFU recipes share: tokenised splits, saving, and evaluating the saved model (on every process)."""
 
 from __future__ import annotations
 

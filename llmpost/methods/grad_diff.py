@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import masked_mean
+from ..ops import kl_per_token, masked_mean
 
 
 def gradient_ascent_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,9 +52,8 @@ def retain_kl_loss(policy_logits: torch.Tensor, ref_logits: torch.Tensor, mask: 
     Returns:
         ``(B,)`` per-example KL.
 
-    Deviations: per-example token mean (see :func:`gradient_ascent_loss`); open-unlearning's ``F.kl_div(...,
-    reduction="batchmean")`` divides the batch's summed KL by the number of *rows of the flattened logits*.
+    Deviations: the KL is taken over the answer tokens only, averaged per example (see :func:`gradient_ascent_loss`);
+    open-unlearning's ``F.kl_div(..., reduction="batchmean")`` sums the KL over every position of the padded batch
+    (prompt and padding included) and divides by the number of rows of the flattened logits.
     """
-    from ..ops import kl_per_token
-
     return masked_mean(kl_per_token(policy_logits, ref_logits.detach(), mask, direction="forward"), mask)
