@@ -9,16 +9,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# This machine's pip config lists local indexes, some empty; drop pip's per-package notices about them.
+quiet_pip() { pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    pip install -q "torch>=2.4"
+    quiet_pip install -q "torch>=2.4"
   else
-    pip install -q "torch==2.13.0"   # CPU wheel on these machines; see DESIGN.md
+    quiet_pip install -q "torch==2.13.0"   # CPU wheel on these machines; see DESIGN.md
   fi
 fi
 # Editable install with the [dev] extra (pytest, deepspeed for the distributed tests).
 if ! python -c "import llmpost, trl, deepspeed, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.llmpost-installed ]; then
-  pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  quiet_pip install -q -e ".[dev]"
   python -c "import llmpost, trl, deepspeed, pytest"
   touch .venv/.llmpost-installed
 fi
