@@ -122,7 +122,8 @@ def _check_model_path(path: str, flag: str) -> str:
 
 def _load_model_and_tokenizer(args: TofuEvalArgs):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import load_saved_model, load_tokenizer
 
     model_path = _check_model_path(args.model_name_or_path, "model_name_or_path")
     tok_path = model_path
@@ -130,19 +131,11 @@ def _load_model_and_tokenizer(args: TofuEvalArgs):
         tok_path = _check_model_path(args.tokenizer_name_or_path, "tokenizer_name_or_path")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=args.trust_remote_code)
+        tokenizer = load_tokenizer(tok_path, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as e:
         raise CliError(f"could not load a tokenizer from {tok_path!r} (see --tokenizer_name_or_path): {e}") from e
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
     try:
-        if (Path(model_path) / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(model_path, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model = load_saved_model(model_path, args.dtype, args.trust_remote_code, merge=False)
     except (OSError, ValueError) as e:
         raise CliError(f"could not load a model from --model_name_or_path {model_path!r}: {e}") from e
     return model.to(device), tokenizer

@@ -42,11 +42,13 @@ def load_model(model_args, trust_remote_code: bool = False, path: str | None = N
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def load_saved_model(path: str, dtype="float32"):
-    """A model saved by a recipe: full weights, or a PEFT adapter (merged into its base for evaluation)."""
+def load_saved_model(path: str, dtype="float32", trust_remote_code: bool = False, merge: bool = True):
+    """A saved model: full weights, or a PEFT adapter directory (merged into its base unless ``merge=False``)."""
     path = check_model_path(path, "saved model")
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+        return model.merge_and_unload() if merge else model
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)

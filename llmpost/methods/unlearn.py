@@ -29,6 +29,7 @@ from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from ..data.collators import ForgetRetainCollator, pad_examples
+from ..generation import pad_token_id
 from ..ops import sequence_logps, shift_labels, token_logps
 from ..utils import StrEnum
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
@@ -117,7 +118,7 @@ class UnlearnTrainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        pad_id = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+        pad_id = pad_token_id(processing_class)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(pad_id), **kwargs)
         self.pad_id, self.fused = pad_id, args.fused_lm_head
