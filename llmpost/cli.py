@@ -21,7 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.tofu import DataError, TemplateArgs
+from .data.files import DataError
+from .data.tofu import TemplateArgs
 from .utils import OutputDirError, check_output_dir
 
 logger = logging.getLogger("llmpost")

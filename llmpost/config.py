@@ -116,7 +116,22 @@ def parse_config(dataclass_types, argv: list[str] | None = None):
     try:
         return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{_blame(str(e), argv, data, source)}: {e}") from None
+
+
+def _blame(message: str, argv: list[str], data: dict, source: str) -> str:
+    """Where a value that failed a range check came from: the command line or the YAML file.
+
+    The dataclasses' checks start their messages with the key (``"beta: must be > 0"``); a flag on the command line
+    overrides the file, so it is blamed first.
+    """
+    key = message.split(":", 1)[0].strip()
+    flags = {a.split("=", 1)[0][2:].replace("-", "_") for a in argv if a.startswith("--")}
+    if key in flags:
+        return f"command line (--{key})"
+    if key in data:
+        return source
+    return f"{source} with command-line overrides {sorted(flags)}" if flags and data else source
 
 
 def check_launch(args) -> None:
@@ -137,7 +152,7 @@ def check_launch(args) -> None:
 
 def run_main(main, argv=None) -> None:
     """Run a recipe's ``main``; turn user errors into one clear line on stderr and exit status 2."""
-    from .data.tofu import DataError
+    from .data.files import DataError
     from .utils import OutputDirError
 
     try:

@@ -87,6 +87,15 @@ def test_out_of_range_value_names_file_and_key(tmp_path):
         parse_config(UNLEARN, ["--config", path])
 
 
+def test_out_of_range_value_from_the_command_line_says_so(tmp_path):
+    path = _write(tmp_path, "output_dir: x\nuse_cpu: true\nbeta: 0.1\n")
+    with pytest.raises(ConfigError, match=r"^command line \(--beta\): beta: must be > 0") as e:
+        parse_config(UNLEARN, ["--config", path, "--beta", "-1"])
+    assert path not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^command line \(--beta\): beta: must be > 0"):
+        parse_config(UNLEARN, ["--output_dir", "x", "--use_cpu", "true", "--beta=-1"])
+
+
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         parse_config(UNLEARN, ["--config", _write(tmp_path, "- a\n- b\n")])
@@ -117,6 +126,16 @@ def test_recipe_user_errors_exit_2_with_one_clear_line(tmp_path):
     assert r.returncode == 2 and "'./no/such/model' does not exist" in r.stderr
     r = _run_recipe(*base, "--output_dir", str(tmp_path / "c"), "--forget_split", "forget11")
     assert r.returncode == 2 and "'forget11' not found" in r.stderr and "forget10" in r.stderr
+    # a malformed local data file: the file and the line, exit 2, nothing written
+    bad = tmp_path / "tofu"
+    bad.mkdir()
+    for split in ("forget10", "retain90"):
+        (bad / f"{split}.jsonl").write_text((ROOT.parent / "shared/data/tofu" / f"{split}.jsonl").read_text())
+    with (bad / "forget10.jsonl").open("a") as f:
+        f.write('{"question": "broken\n')
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "e"), "--data_dir", str(bad))
+    assert r.returncode == 2 and "forget10.jsonl: line 401" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "e").exists()
     # an output directory holding results is not overwritten
     out = tmp_path / "d"
     out.mkdir()

@@ -81,3 +81,24 @@ def test_collator_pairs_and_pads(tokenizer):
     short = len(forget[0]["input_ids"])
     assert (batch["forget_labels"][0, short:] == IGNORE_INDEX).all() and (batch["forget_attention_mask"][0, short:] == 0).all()
     assert "retain_input_ids" in batch and batch["retain_input_ids"].shape[0] == 2
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    """A broken line in a local split is one DataError naming the file and the line, not a datasets traceback."""
+    good = (TOFU_DIR / "forget01.jsonl").read_text().splitlines()
+    (tmp_path / "forget01.jsonl").write_text("\n".join(good[:3] + ['{"question": "broken'] + good[3:]) + "\n")
+    with pytest.raises(DataError, match=r"forget01\.jsonl: line 4, column \d+: not valid JSON.*broken"):
+        load_split("forget01", str(tmp_path))
+    (tmp_path / "forget05.jsonl").write_text(good[0] + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"forget05\.jsonl: line 2: expected a JSON object, got list"):
+        load_split("forget05", str(tmp_path))
+
+
+def test_malformed_json_file_names_line_and_column(tmp_path):
+    from llmpost.data.files import read_json
+
+    (tmp_path / "a.json").write_text('[\n  {"prompt": "x",\n   "gt": }\n]\n')
+    with pytest.raises(DataError, match=r"a\.json: line 3, column 10: not valid JSON"):
+        read_json(tmp_path / "a.json")
+    with pytest.raises(DataError, match="does not exist"):
+        read_json(tmp_path / "missing.json")

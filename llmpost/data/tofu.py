@@ -23,16 +23,13 @@ from pathlib import Path
 import datasets
 
 from ..ops import IGNORE_INDEX
+from .files import DataError, load_jsonl
 
 logger = logging.getLogger(__name__)
 
 TOFU_HUB_ID = "locuslab/TOFU"
 ROWS_PER_AUTHOR = 20  # TOFU: 200 fictitious authors x 20 question/answer pairs, in author order in `full`
 NUM_AUTHORS = 200
-
-
-class DataError(ValueError):
-    """A split, file or column is missing or malformed. The message names which and where."""
 
 
 @dataclass
@@ -62,7 +59,7 @@ def load_split(split: str, data_dir: str | None = None, required_columns=("quest
         if not path.is_file():
             available = sorted(p.stem for p in Path(data_dir).glob("*.jsonl"))
             raise DataError(f"TOFU split {split!r} not found: no file {path}. Available splits: {available}")
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        ds = load_jsonl(path)
         where = str(path)
     else:
         ds = datasets.load_dataset(TOFU_HUB_ID, split, split="train")

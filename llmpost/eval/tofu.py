@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from ..data.collators import pad_examples
-from ..data.tofu import DataError, TemplateArgs, encode_prompt, encode_qa, load_split
+from ..data.files import DataError
+from ..data.tofu import TemplateArgs, encode_prompt, encode_qa, load_split
 from ..generation import GenerationBackend, generate_greedy, pad_token_id
 from ..ops import logps_from_logits
 from ..utils import atomic_write_json
