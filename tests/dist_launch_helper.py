@@ -1,4 +1,5 @@
-"""Run ``recipes/npo_tofu.py`` unchanged, recording what each process saw and ended with (used by test_distributed.py).
+"""Run ``recipes/npo_tofu.py`` unchanged, recording what each process saw and ended with (used by test_distributed.py
+and test_resume.py).
 
 Launched exactly like the recipe (``python`` or ``accelerate launch``, same arguments). It swaps the recipe's
 ``UnlearnTrainer`` for a subclass that, on every ``compute_loss`` call, records the optimizer step, the forget and
@@ -9,6 +10,9 @@ writes, into ``$LLMPOST_DIST_DUMP_DIR``:
 - ``rank{R}.pt``: every parameter in float32 (under ZeRO-3 gathered from all shards, on all ranks, first) and the
   precomputed reference log-probs, if any.
 
+With ``$LLMPOST_KILL_AFTER_SAVE=N`` the process kills itself with SIGKILL (no clean-up, as ``kill -9`` would) right
+after the checkpoint of optimizer step ``N`` is written.
+
 Nothing here changes the training itself.
 """
 
@@ -18,10 +22,12 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from llmpost.config import run_main
 from llmpost.methods.unlearn import UnlearnTrainer
@@ -29,10 +35,21 @@ from llmpost.methods.unlearn import UnlearnTrainer
 REPO = Path(__file__).resolve().parents[1]
 
 
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RecordingUnlearnTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.seen: list[dict] = []
+        if os.environ.get("LLMPOST_KILL_AFTER_SAVE"):
+            self.add_callback(KillAfterSave(int(os.environ["LLMPOST_KILL_AFTER_SAVE"])))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -62,6 +79,7 @@ class RecordingUnlearnTrainer(UnlearnTrainer):
         ref = self.ref_forget_logps.clone() if self.ref_forget_logps is not None else None
         torch.save({"params": params, "ref_forget_logps": ref}, os.path.join(dump, f"rank{rank}.pt"))
         grad_norms = {int(h["step"]): float(h["grad_norm"]) for h in self.state.log_history if "grad_norm" in h}
+        logged_loss = {int(h["step"]): float(h["loss"]) for h in self.state.log_history if "loss" in h}
         record = {
             "rank": rank,
             "world_size": self.accelerator.num_processes,
@@ -73,6 +91,7 @@ class RecordingUnlearnTrainer(UnlearnTrainer):
             "global_step": int(self.state.global_step),
             "seen": self.seen,
             "grad_norm": grad_norms,
+            "logged_loss": logged_loss,
         }
         with open(os.path.join(dump, f"rank{rank}.json"), "w") as f:
             json.dump(record, f)

@@ -182,3 +182,29 @@ def test_config_validation_messages():
         UnlearnConfig(output_dir="x", beta=0.0, use_cpu=True)
     with pytest.raises(ValueError, match="cannot serve retain_loss 'kl'"):
         UnlearnConfig(output_dir="x", method="grad_diff", retain_loss="kl", reference="precomputed", use_cpu=True)
+
+
+def test_epoch_callback_sets_dataset_and_collator_epoch_from_state():
+    from types import SimpleNamespace
+
+    from llmpost.epochs import EpochCallback, current_epoch
+
+    class Aware:
+        def __init__(self):
+            self.epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    ds, collator, extra = Aware(), Aware(), Aware()
+    loader = SimpleNamespace(dataset=ds, collate_fn=collator)
+    args = SimpleNamespace(dataloader_num_workers=0, dataloader_persistent_workers=False)
+    cb = EpochCallback(extra)
+    for state_epoch, expected in ((None, 0), (0.0, 0), (1.0, 1), (1.6, 1), (2.9999, 2)):  # resumed at 1.6: epoch 1
+        state = SimpleNamespace(epoch=state_epoch)
+        assert current_epoch(state) == expected
+        cb.on_epoch_begin(args, state, None, train_dataloader=loader)
+        assert ds.epoch == collator.epoch == extra.epoch == expected
+    with pytest.raises(ValueError, match="dataloader_persistent_workers"):
+        cb.on_train_begin(SimpleNamespace(dataloader_num_workers=2, dataloader_persistent_workers=True), None, None,
+                          train_dataloader=loader)

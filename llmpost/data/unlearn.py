@@ -11,7 +11,8 @@ class ForgetRetainDataset(Dataset):
 
     The retain index is a pure function of ``(seed, epoch, i)`` (a seeded ``torch.Generator``), so pairs differ from
     epoch to epoch, are identical on every rank, and are reproduced exactly when training resumes from a checkpoint.
-    The trainer calls :meth:`set_epoch` at the start of each epoch. Without a retain set, items hold ``forget`` only.
+    :class:`llmpost.epochs.EpochCallback` calls :meth:`set_epoch` at the start of each epoch (resumed ones too).
+    Without a retain set, items hold ``forget`` only.
     """
 
     def __init__(self, forget, retain=None, seed: int = 0):

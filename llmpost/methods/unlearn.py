@@ -29,6 +29,7 @@ from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from ..data.collators import ForgetRetainCollator, pad_examples
+from ..epochs import EpochCallback
 from ..generation import pad_token_id
 from ..ops import sequence_logps, shift_labels, token_logps
 from ..utils import StrEnum
@@ -122,6 +123,7 @@ class UnlearnTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(pad_id), **kwargs)
         self.pad_id, self.fused = pad_id, args.fused_lm_head
+        self.add_callback(EpochCallback())  # the forget/retain pairing depends on the epoch, also after a resume
         self._metrics = defaultdict(list)
         self.reference = self._resolve_reference(args, ref_model is not None)
         self.ref_model = None
