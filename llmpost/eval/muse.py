@@ -197,6 +197,19 @@ def _warn_if_too_long(model, lengths: list[int]) -> None:
                        "max_position_embeddings=%d; they are not truncated", len(over), len(lengths), max(over), limit)  # fmt: skip
 
 
+def privleak_entries(forget_scores, holdout_scores, reference_auc: float, protocol) -> dict[str, M.MetricResult]:
+    """``mia_min_k`` (per-text Min-K scores and open-unlearning's AUC ``P(s_holdout > s_forget)``), ``privleak_auc``
+    (MUSE's ``auc(roc_curve(labels, -score))``, forget = 0, holdout = 1, i.e. ``1 -`` the former) and ``privleak``
+    ``= (privleak_auc - reference_auc) / reference_auc * 100`` (``+ 1e-10`` in the denominator for
+    ``open_unlearning``). Source: muse_bench ``metrics/privleak.py`` (``sweep``) and ``eval.py``."""
+    protocol = MuseProtocol(protocol)
+    mia = M.mia(forget_scores, holdout_scores)
+    eps = M.EPS if protocol == MuseProtocol.OPEN_UNLEARNING else 0.0
+    leak = M.privleak(mia["auc"], 1.0 - reference_auc, eps=eps)
+    return {"mia_min_k": mia, "privleak_auc": M.result(1.0 - mia["auc"]),
+            "privleak": {**leak, "reference_auc": reference_auc, "protocol": protocol.value}}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The evaluation
 
@@ -249,10 +262,8 @@ def compute_muse_metrics(
         logger.info("MUSE: scored %d texts in %.1fs", sum(map(len, texts.values())), time.perf_counter() - t0)
     finally:
         model.train(was_training)
-    logs["mia_min_k"] = M.mia(scores["forget"], scores["holdout"])  # open-unlearning's AUC: 1 - MUSE's
-    logs["privleak_auc"] = M.result(1.0 - logs["mia_min_k"]["auc"])
-    logs["privleak"] = {**M.privleak(logs["mia_min_k"]["auc"], 1.0 - ref_auc, eps=M.EPS if stem else 0.0),
-                        "reference_auc": ref_auc, "reference_source": ref_source, "protocol": protocol.value}  # fmt: skip
+    logs.update(privleak_entries(scores["forget"], scores["holdout"], ref_auc, protocol))
+    logs["privleak"] |= {"reference_source": ref_source}
     return dict(sorted(logs.items()))
 
 
