@@ -4,7 +4,8 @@ Example (offline, base-model template)::
 
     llmpost eval tofu --model_name_or_path out/npo_tofu --data_dir ../shared/data/tofu --forget_split forget10 \\
         --retain_logs_path retain90/TOFU_EVAL.json --output_dir out/npo_tofu/eval
-    llmpost eval muse --model_name_or_path out/npo_muse --data_dir ../shared/data/muse_news --output_dir out/npo_muse/eval
+    llmpost eval muse --model_name_or_path out/npo_muse --data_dir ../shared/data/muse_news \\
+        --output_dir out/npo_muse/eval
     llmpost report muse --run target=out/target/eval --run npo=out/npo_muse/eval
 
 Bad input (a missing model path, split file or retain log, an unknown flag, an output directory that already holds
@@ -91,12 +92,37 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, required: tuple[st
 
 
 @dataclass
-class TofuEvalArgs:
-    """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
+class EvalArgs:
+    """Options every ``llmpost eval <benchmark>`` shares: the model, the output directory, a quick-check row limit."""
 
     model_name_or_path: str = field(default="", metadata={"help": "Model directory (or a PEFT adapter) or hub id."})
-    output_dir: str = field(default="", metadata={"help": "Where TOFU_EVAL.json and TOFU_SUMMARY.json are written."})
+    output_dir: str = field(default="", metadata={"help": "Where <BENCHMARK>_EVAL.json and _SUMMARY.json are written."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
+    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
+    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
+
+
+def _validate_eval_args(args: EvalArgs, positive: tuple[str, ...]) -> None:
+    """The checks every benchmark's options share: ``positive`` ints >= 1, max_examples, dtype, data_dir."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CliError(f"--data_dir {data_dir!r} is not a directory")
+
+
+@dataclass
+class TofuEvalArgs(EvalArgs):
+    """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
+
     data_dir: str | None = field(default=None, metadata={"help": "Directory of TOFU *.jsonl splits; unset: hub."})
     forget_split: str = field(default="forget10", metadata={"help": "forget01, forget05 or forget10."})
     holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for privleak; default: matching."})
@@ -107,11 +133,6 @@ class TofuEvalArgs:
     compute_generation: bool = field(default=True, metadata={"help": "Generate for ROUGE (needed for model_utility)."})
     stopwords: list[str] | None = field(default=None, metadata={"help": "Strings that end a generation."})
     generation_backend: str = field(default="transformers", metadata={"help": "transformers or vllm (GPU)."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
-    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
-    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
 
 
 def _check_model_path(path: str, flag: str) -> str:
@@ -123,7 +144,7 @@ def _check_model_path(path: str, flag: str) -> str:
         raise CliError(str(e)) from e
 
 
-def _load_model_and_tokenizer(args: TofuEvalArgs | MuseEvalArgs):
+def _load_model_and_tokenizer(args: EvalArgs):
     import torch
 
     from .models import load_saved_model, load_tokenizer
@@ -145,17 +166,9 @@ def _load_model_and_tokenizer(args: TofuEvalArgs | MuseEvalArgs):
 
 
 def _validate_tofu_args(args: TofuEvalArgs) -> None:
-    for name in ("batch_size", "max_length", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    _validate_eval_args(args, ("batch_size", "max_length", "max_new_tokens"))
     if args.generation_backend not in ("transformers", "vllm"):
         raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {args.generation_backend!r}")
-    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise CliError(f"--data_dir {args.data_dir!r} is not a directory")
 
 
 def run_eval_tofu(ns: argparse.Namespace) -> int:
@@ -220,44 +233,28 @@ def run_report_tofu(ns: argparse.Namespace) -> int:
 
 
 @dataclass
-class MuseEvalArgs:
+class MuseEvalArgs(EvalArgs):
     """Options of ``llmpost eval muse`` (defaults: the MUSE benchmark's, see :mod:`llmpost.eval.muse`)."""
 
-    model_name_or_path: str = field(default="", metadata={"help": "Model directory (or a PEFT adapter) or hub id."})
-    output_dir: str = field(default="", metadata={"help": "Where MUSE_EVAL.json and MUSE_SUMMARY.json are written."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
-    data_dir: str | None = field(default=None, metadata={"help": "MUSE-News directory; unset: hub muse-bench/MUSE-News."})
+    data_dir: str | None = field(default=None, metadata={"help": "MUSE-News directory; unset: the hub's."})
     protocol: str = field(default="muse", metadata={"help": "muse (the benchmark's code) or open_unlearning."})
     reference_auc: float | None = field(default=None, metadata={"help": "Retrained model's AUC (muse: 0.4772)."})
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retrained model's MUSE_EVAL.json."})
     batch_size: int = field(default=8, metadata={"help": "Batch size of generation and scoring."})
     verbmem_max_new_tokens: int = field(default=128, metadata={"help": "VerbMem generation length (MUSE: 128)."})
     knowmem_max_new_tokens: int = field(default=32, metadata={"help": "KnowMem generation length (MUSE: 32)."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
-    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
-    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
 
 
 def _validate_muse_args(args: MuseEvalArgs) -> None:
     from .data.muse import MuseProtocol
 
-    for name in ("batch_size", "verbmem_max_new_tokens", "knowmem_max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    _validate_eval_args(args, ("batch_size", "verbmem_max_new_tokens", "knowmem_max_new_tokens"))
     if args.protocol not in {p.value for p in MuseProtocol}:
         raise CliError(f"--protocol must be one of {[p.value for p in MuseProtocol]}, got {args.protocol!r}")
     if args.reference_auc is not None and args.retain_logs_path:
         raise CliError("give --reference_auc or --retain_logs_path, not both")
     if args.reference_auc is not None and not 0 < args.reference_auc < 1:
         raise CliError(f"--reference_auc must be strictly between 0 and 1, got {args.reference_auc}")
-    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise CliError(f"--data_dir {args.data_dir!r} is not a directory")
 
 
 def run_eval_muse(ns: argparse.Namespace) -> int:

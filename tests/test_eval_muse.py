@@ -37,15 +37,7 @@ from llmpost.eval.tofu import RetainLogError
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "muse_news"
 MODEL = ROOT.parent / "shared" / "models" / "stories260K"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 260K-parameter model runs much faster on one thread than on two contended ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +57,8 @@ def short_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("muse_short")
     read = lambda rel: json.loads((DATA / rel).read_text())  # noqa: E731
     files = {
-        "verbmem/forget.json": [{"prompt": r["prompt"][-300:], "gt": r["gt"][:300]} for r in read("verbmem/forget.json")[:4]],
+        "verbmem/forget.json": [{"prompt": r["prompt"][-300:], "gt": r["gt"][:300]}
+                                for r in read("verbmem/forget.json")[:4]],
         "knowmem/forget_qa.json": read("knowmem/forget_qa.json")[:4],
         "knowmem/forget_qa_icl.json": read("knowmem/forget_qa_icl.json")[:2],
         "knowmem/retain2_qa.json": read("knowmem/retain2_qa.json")[:4],
@@ -111,7 +104,8 @@ def test_rouge_l_f1_without_stemmer():
 
 def test_knowmem_prompt_and_output_cut():
     icl = [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
-    assert knowmem_prompt(icl, "Q3?") == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer: "
+    expected = "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer: "
+    assert knowmem_prompt(icl, "Q3?") == expected
     assert cut_knowmem_output("Paris\n\nQuestion: next") == "Paris"
     assert cut_knowmem_output("Paris\nQuestion: next") == "Paris"
     assert cut_knowmem_output("Paris Question: next") == "Paris "  # not stripped (ROUGE ignores it)
@@ -140,7 +134,8 @@ def test_protocol_truncation(tokenizer):
     assert muse.prompt_ids[0] == tokenizer.bos_token_id and muse.input_text.endswith("Question: Who?\nAnswer: ")
     assert len(ou.prompt_ids) == 512 and ou.ground_truth == ""  # the question and answer are cut off
     text = "word " * 3000
-    m, o = privleak_item(tokenizer, text, MuseProtocol.MUSE), privleak_item(tokenizer, text, MuseProtocol.OPEN_UNLEARNING)
+    m = privleak_item(tokenizer, text, MuseProtocol.MUSE)
+    o = privleak_item(tokenizer, text, MuseProtocol.OPEN_UNLEARNING)
     assert (m.first, m.end) == (1, len(m.input_ids)) and len(m.input_ids) > 2049
     assert len(o.input_ids) == 2049 and (o.first, o.end) == (1, 2048)
 
@@ -199,7 +194,8 @@ def test_end_to_end_real_files(model_and_tokenizer, tmp_path):
     row = logs["forget_verbmem_ROUGE"]["value_by_index"]["0"]
     assert {"rougeL_f1", "input", "ground_truth", "generation"} <= set(row)
     assert row["input"] == json.loads((DATA / "verbmem" / "forget.json").read_text())[0]["prompt"]
-    assert len(logs["retain_knowmem_ROUGE"]["value_by_index"]) == 2 and len(logs["mia_min_k"]["holdout"]["value_by_index"]) == 2
+    assert len(logs["retain_knowmem_ROUGE"]["value_by_index"]) == 2
+    assert len(logs["mia_min_k"]["holdout"]["value_by_index"]) == 2
     auc = summary["privleak_auc"]
     assert summary["privleak"] == pytest.approx((auc - 0.4772) / 0.4772 * 100)
     assert logs["privleak"]["reference_auc"] == 0.4772 and logs["privleak"]["protocol"] == "muse"
@@ -240,7 +236,8 @@ def test_cli_eval_and_report(short_data, tmp_path, capsys):
 
 def test_cli_errors_exit_2(short_data, tmp_path, capsys):
     base = ["eval", "muse", "--model_name_or_path", str(MODEL)]
-    code, out = _cli(base + ["--data_dir", str(short_data), "--reference_auc", "1.5", "--output_dir", str(tmp_path / "r")], capsys)
+    args = ["--data_dir", str(short_data), "--reference_auc", "1.5", "--output_dir", str(tmp_path / "r")]
+    code, out = _cli(base + args, capsys)
     assert code == 2 and "--reference_auc must be strictly between 0 and 1" in out.err
     broken = tmp_path / "broken"
     broken.mkdir()

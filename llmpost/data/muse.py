@@ -34,7 +34,8 @@ _SPLITS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...] | None]] =
     ("knowmem", "forget_qa"): (("knowmem/forget_qa.json",), ("question", "answer")),
     ("knowmem", "forget_qa_icl"): (("knowmem/forget_qa_icl.json",), ("question", "answer")),
     ("knowmem", "retain_qa"): (("knowmem/retain2_qa.json", "knowmem/retain_qa.json"), ("question", "answer")),
-    ("knowmem", "retain_qa_icl"): (("knowmem/retain2_qa_icl.json", "knowmem/retain_qa_icl.json"), ("question", "answer")),
+    ("knowmem", "retain_qa_icl"): (("knowmem/retain2_qa_icl.json", "knowmem/retain_qa_icl.json"),
+                                   ("question", "answer")),
     ("privleak", "forget"): (("privleak/forget.json",), None),
     ("privleak", "retain"): (("privleak/retain2.json", "privleak/retain.json"), None),
     ("privleak", "holdout"): (("privleak/holdout.json",), None),
@@ -91,8 +92,8 @@ def load_muse_split(subset: str, split: str, data_dir: str | Path | None = None)
         if missing:
             raise DataError(f"{MUSE_NEWS_HUB_ID} {subset}/{split} lacks column(s) {missing}; it has {ds.column_names}")
         rows = ds.to_list()
-        return _check_rows([r["text"] for r in rows] if columns is None else rows, f"{MUSE_NEWS_HUB_ID} {subset}/{split}",
-                           columns)  # fmt: skip
+        where = f"{MUSE_NEWS_HUB_ID} {subset}/{split}"
+        return _check_rows([r["text"] for r in rows] if columns is None else rows, where, columns)
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"MUSE data_dir {str(root)!r} does not exist or is not a directory")
@@ -140,7 +141,8 @@ def verbmem_item(tokenizer, prompt: str, gt: str, protocol: MuseProtocol, max_ne
         return GenerationItem(list(prompt_ids), prompt, verbmem_reference(tokenizer, gt, max_new_tokens))
     full = tokenizer(prompt + " " + gt, add_special_tokens=True)["input_ids"][: len(prompt_ids) + OU_TEXT_MAX_LENGTH]
     input_text = _decode(tokenizer, prompt_ids)
-    return GenerationItem(list(prompt_ids), input_text, _decode(tokenizer, full[len(prompt_ids) :]).replace(input_text, "").strip())
+    reference = _decode(tokenizer, full[len(prompt_ids) :]).replace(input_text, "").strip()
+    return GenerationItem(list(prompt_ids), input_text, reference)
 
 
 def knowmem_prompt(icl: list[dict], question: str) -> str:

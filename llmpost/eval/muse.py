@@ -167,7 +167,8 @@ def generate(model, tokenizer, items: list[GenerationItem], *, max_new_tokens: i
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, items: list[ScoreItem], *, batch_size: int, desc: str = "scoring") -> list[np.ndarray]:
+def score_texts(model, tokenizer, items: list[ScoreItem], *, batch_size: int,
+                desc: str = "scoring") -> list[np.ndarray]:  # fmt: skip
     """Per-token log-probs (float64 arrays) of each item's positions ``[first, end)``: one right-padded forward pass
     per batch (:func:`llmpost.ops.token_logps`), longest first, split across ranks; in the items' order."""
     pad_id, device = pad_token_id(tokenizer), model_device(model)
@@ -194,7 +195,8 @@ def _warn_if_too_long(model, lengths: list[int]) -> None:
     over = [n for n in lengths if limit and n > limit]
     if over:
         logger.warning("MUSE: %d of %d inputs (up to %d tokens, with the generated ones) exceed the model's "
-                       "max_position_embeddings=%d; they are not truncated", len(over), len(lengths), max(over), limit)  # fmt: skip
+                       "max_position_embeddings=%d; they are not truncated",
+                       len(over), len(lengths), max(over), limit)  # fmt: skip
 
 
 def privleak_entries(forget_scores, holdout_scores, reference_auc: float, protocol) -> dict[str, M.MetricResult]:
@@ -227,7 +229,8 @@ def compute_muse_metrics(
         raise ValueError("batch_size and the max_new_tokens values must be >= 1")
     ref_auc, ref_source = resolve_reference_auc(protocol, reference_auc, retain_logs_path)
     splits = load_muse_eval_splits(data_dir, max_examples)
-    verbmem = [verbmem_item(tokenizer, r["prompt"], r["gt"], protocol, verbmem_max_new_tokens) for r in splits["verbmem"]]
+    verbmem = [verbmem_item(tokenizer, r["prompt"], r["gt"], protocol, verbmem_max_new_tokens)
+               for r in splits["verbmem"]]  # fmt: skip
     knowmem = {p: [knowmem_item(tokenizer, splits[f"{p}_qa_icl"], r["question"], r["answer"], protocol)
                    for r in splits[f"{p}_qa"]] for p in ("forget", "retain")}  # fmt: skip
     texts = {p: [privleak_item(tokenizer, r["text"], protocol) for r in splits[f"privleak_{p}"]]
