@@ -1,9 +1,12 @@
-"""The ``llmpost`` command: ``llmpost eval tofu ...`` and ``llmpost report tofu ...`` (more benchmarks plug in as subcommands).
+"""The ``llmpost`` command: ``llmpost eval {tofu,muse} ...`` and ``llmpost report {tofu,muse} ...``.
 
 Example (offline, base-model template)::
 
     llmpost eval tofu --model_name_or_path out/npo_tofu --data_dir ../shared/data/tofu --forget_split forget10 \\
         --retain_logs_path retain90/TOFU_EVAL.json --output_dir out/npo_tofu/eval
+    llmpost eval muse --model_name_or_path out/npo_muse --data_dir ../shared/data/muse_news \\
+        --output_dir out/npo_muse/eval
+    llmpost report muse --run target=out/target/eval --run npo=out/npo_muse/eval
 
 Bad input (a missing model path, split file or retain log, an unknown flag, an output directory that already holds
 results) stops with a message naming it and exit status 2, before anything is written. Template strings and stop words
@@ -89,12 +92,37 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, required: tuple[st
 
 
 @dataclass
-class TofuEvalArgs:
-    """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
+class EvalArgs:
+    """Options every ``llmpost eval <benchmark>`` shares: the model, the output directory, a quick-check row limit."""
 
     model_name_or_path: str = field(default="", metadata={"help": "Model directory (or a PEFT adapter) or hub id."})
-    output_dir: str = field(default="", metadata={"help": "Where TOFU_EVAL.json and TOFU_SUMMARY.json are written."})
+    output_dir: str = field(default="", metadata={"help": "Where <BENCHMARK>_EVAL.json and _SUMMARY.json are written."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer; default: the model's."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
+    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
+    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
+
+
+def _validate_eval_args(args: EvalArgs, positive: tuple[str, ...]) -> None:
+    """The checks every benchmark's options share: ``positive`` ints >= 1, max_examples, dtype, data_dir."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CliError(f"--data_dir {data_dir!r} is not a directory")
+
+
+@dataclass
+class TofuEvalArgs(EvalArgs):
+    """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
+
     data_dir: str | None = field(default=None, metadata={"help": "Directory of TOFU *.jsonl splits; unset: hub."})
     forget_split: str = field(default="forget10", metadata={"help": "forget01, forget05 or forget10."})
     holdout_split: str | None = field(default=None, metadata={"help": "Holdout split for privleak; default: matching."})
@@ -105,11 +133,6 @@ class TofuEvalArgs:
     compute_generation: bool = field(default=True, metadata={"help": "Generate for ROUGE (needed for model_utility)."})
     stopwords: list[str] | None = field(default=None, metadata={"help": "Strings that end a generation."})
     generation_backend: str = field(default="transformers", metadata={"help": "transformers or vllm (GPU)."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
-    device: str | None = field(default=None, metadata={"help": "Device; default: cuda if available, else cpu."})
-    max_examples: int | None = field(default=None, metadata={"help": "Only the first rows per split."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
 
 
 def _check_model_path(path: str, flag: str) -> str:
@@ -121,7 +144,7 @@ def _check_model_path(path: str, flag: str) -> str:
         raise CliError(str(e)) from e
 
 
-def _load_model_and_tokenizer(args: TofuEvalArgs):
+def _load_model_and_tokenizer(args: EvalArgs):
     import torch
 
     from .models import load_saved_model, load_tokenizer
@@ -143,17 +166,9 @@ def _load_model_and_tokenizer(args: TofuEvalArgs):
 
 
 def _validate_tofu_args(args: TofuEvalArgs) -> None:
-    for name in ("batch_size", "max_length", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
+    _validate_eval_args(args, ("batch_size", "max_length", "max_new_tokens"))
     if args.generation_backend not in ("transformers", "vllm"):
         raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {args.generation_backend!r}")
-    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise CliError(f"--data_dir {args.data_dir!r} is not a directory")
 
 
 def run_eval_tofu(ns: argparse.Namespace) -> int:
@@ -201,19 +216,97 @@ def run_report_tofu(ns: argparse.Namespace) -> int:
     from .report import tofu_report
     from .utils import atomic_write_text
 
-    runs = {}
-    for spec in ns.run:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise CliError(f"--run expects NAME=EVAL_DIR, got {spec!r}")
-        runs[name] = path
     try:
-        table = tofu_report(runs, ns.retain_logs_path, ns.plot)
+        table = tofu_report(_parse_runs(ns.run), ns.retain_logs_path, ns.plot)
     except FileNotFoundError as e:
         raise CliError(str(e)) from e
     print(table)
     if ns.plot:
         print(f"\nPlot: {ns.plot}")
+    if ns.output:
+        atomic_write_text(ns.output, table + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# llmpost eval muse / report muse
+
+
+@dataclass
+class MuseEvalArgs(EvalArgs):
+    """Options of ``llmpost eval muse`` (defaults: the MUSE benchmark's, see :mod:`llmpost.eval.muse`)."""
+
+    data_dir: str | None = field(default=None, metadata={"help": "MUSE-News directory; unset: the hub's."})
+    protocol: str = field(default="muse", metadata={"help": "muse (the benchmark's code) or open_unlearning."})
+    reference_auc: float | None = field(default=None, metadata={"help": "Retrained model's AUC (muse: 0.4772)."})
+    retain_logs_path: str | None = field(default=None, metadata={"help": "Retrained model's MUSE_EVAL.json."})
+    batch_size: int = field(default=8, metadata={"help": "Batch size of generation and scoring."})
+    verbmem_max_new_tokens: int = field(default=128, metadata={"help": "VerbMem generation length (MUSE: 128)."})
+    knowmem_max_new_tokens: int = field(default=32, metadata={"help": "KnowMem generation length (MUSE: 32)."})
+
+
+def _validate_muse_args(args: MuseEvalArgs) -> None:
+    from .data.muse import MuseProtocol
+
+    _validate_eval_args(args, ("batch_size", "verbmem_max_new_tokens", "knowmem_max_new_tokens"))
+    if args.protocol not in {p.value for p in MuseProtocol}:
+        raise CliError(f"--protocol must be one of {[p.value for p in MuseProtocol]}, got {args.protocol!r}")
+    if args.reference_auc is not None and args.retain_logs_path:
+        raise CliError("give --reference_auc or --retain_logs_path, not both")
+    if args.reference_auc is not None and not 0 < args.reference_auc < 1:
+        raise CliError(f"--reference_auc must be strictly between 0 and 1, got {args.reference_auc}")
+
+
+def run_eval_muse(ns: argparse.Namespace) -> int:
+    """``llmpost eval muse``: check every input, load, evaluate, write the two result files, print the summary."""
+    from .eval.muse import EVAL_FILE, SUMMARY_FILE, evaluate_muse, load_muse_eval_splits, resolve_reference_auc
+    from .report import format_table
+
+    names = {f.name for f in dataclasses.fields(MuseEvalArgs)}
+    args = MuseEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    _validate_muse_args(args)
+    try:
+        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=(EVAL_FILE, SUMMARY_FILE))
+    except OutputDirError as e:
+        raise CliError(
+            f"--output_dir {args.output_dir!r} already holds MUSE results; choose another --output_dir or pass "
+            "--overwrite_output_dir true"
+        ) from e
+    # Fail on missing data or a bad retain log before the (slow) model load.
+    load_muse_eval_splits(args.data_dir, args.max_examples)
+    resolve_reference_auc(args.protocol, args.reference_auc, args.retain_logs_path)
+    model, tokenizer = _load_model_and_tokenizer(args)
+    summary = evaluate_muse(
+        model, tokenizer, data_dir=args.data_dir, batch_size=args.batch_size, protocol=args.protocol,
+        reference_auc=args.reference_auc, retain_logs_path=args.retain_logs_path, output_dir=args.output_dir,
+        max_examples=args.max_examples, verbmem_max_new_tokens=args.verbmem_max_new_tokens,
+        knowmem_max_new_tokens=args.knowmem_max_new_tokens,
+    )  # fmt: skip
+    print(format_table({"value": summary}, tuple(summary)))
+    print(f"\nResults: {Path(args.output_dir) / EVAL_FILE}, {Path(args.output_dir) / SUMMARY_FILE}")
+    return 0
+
+
+def _parse_runs(specs: list[str]) -> dict[str, str]:
+    runs = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise CliError(f"--run expects NAME=EVAL_DIR, got {spec!r}")
+        runs[name] = path
+    return runs
+
+
+def run_report_muse(ns: argparse.Namespace) -> int:
+    """``llmpost report muse``: a table of several evaluated runs (rows: the MUSE summary keys)."""
+    from .report import muse_report
+    from .utils import atomic_write_text
+
+    try:
+        table = muse_report(_parse_runs(ns.run))
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from e
+    print(table)
     if ns.output:
         atomic_write_text(ns.output, table + "\n")
     return 0
@@ -251,6 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     rtofu.add_argument("--plot", default=None, help="Write a PNG of forget quality vs model utility here.")
     rtofu.add_argument("--output", default=None, help="Also write the table to this text file.")
     rtofu.set_defaults(func=run_report_tofu)
+
+    muse = benchmarks.add_parser(
+        "muse",
+        help="MUSE-News (the benchmark's metrics, or open-unlearning's port).",
+        description="Evaluate a model on MUSE-News; writes MUSE_EVAL.json and MUSE_SUMMARY.json into --output_dir.",
+    )
+    _add_dataclass_args(muse, MuseEvalArgs, required=("model_name_or_path", "output_dir"))
+    muse.set_defaults(func=run_eval_muse)
+    rmuse = report_benchmarks.add_parser(
+        "muse", help="Table of MUSE runs.",
+        description="Print the VerbMem / KnowMem ROUGE, privleak and its AUC of each run.",
+    )
+    rmuse.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
+                       help="A run: its name and the directory holding its MUSE_SUMMARY.json (repeat, in order).")
+    rmuse.add_argument("--output", default=None, help="Also write the table to this text file.")
+    rmuse.set_defaults(func=run_report_muse)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Compare TOFU evaluations: a before/after table and a forget-quality vs model-utility plot.
+"""Compare evaluations: TOFU (a before/after table and a forget-quality vs model-utility plot) and MUSE (a table).
 
 Each run is a directory holding ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (ours or open-unlearning's). When a
 run has no forget_quality (it was evaluated without a retain log, e.g. the retain model itself) and a retain log is
@@ -7,11 +7,11 @@ given, forget_quality is computed here from the two logs' per-example forget tru
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
+from .data.files import read_json
 from .eval.metrics import forget_quality
 from .eval.tofu import EVAL_FILE, SUMMARY_FILE, load_retain_logs
 
@@ -22,15 +22,20 @@ def _truth_ratios(logs: dict) -> list[float]:
     return [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
 
 
+def load_summary(eval_dir: str | os.PathLike, summary_file: str, command: str) -> dict:
+    """A run's summary file, or ``FileNotFoundError`` saying which command writes it."""
+    path = Path(eval_dir) / summary_file
+    if not path.is_file():
+        raise FileNotFoundError(f"no {summary_file} in {str(eval_dir)!r}: evaluate the model first ({command})")
+    return read_json(path)
+
+
 def load_run(eval_dir: str | os.PathLike, retain_logs: dict | None = None) -> dict[str, float | None]:
     """The summary of one evaluated run, with forget_quality filled in from ``retain_logs`` where missing."""
     d = Path(eval_dir)
-    summary_path = d / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"no {SUMMARY_FILE} in {str(d)!r}: evaluate the model first (llmpost eval tofu)")
-    summary = json.loads(summary_path.read_text())
+    summary = load_summary(d, SUMMARY_FILE, "llmpost eval tofu")
     if summary.get("forget_quality") is None and retain_logs is not None:
-        logs = json.loads((d / EVAL_FILE).read_text())
+        logs = read_json(d / EVAL_FILE)
         summary["forget_quality"] = forget_quality(_truth_ratios(logs), _truth_ratios(retain_logs))["agg_value"]
     return summary
 
@@ -94,3 +99,13 @@ def tofu_report(runs: dict[str, str], retain_logs_path: str | None = None, plot_
     if plot_path:
         plot_runs(loaded, plot_path)
     return format_table(loaded)
+
+
+def muse_report(runs: dict[str, str]) -> str:
+    """The table of several MUSE runs: one column per named ``MUSE_SUMMARY.json`` directory, rows
+    :data:`llmpost.eval.muse.SUMMARY_KEYS`."""
+    from .eval.muse import SUMMARY_FILE as MUSE_SUMMARY
+    from .eval.muse import SUMMARY_KEYS
+
+    return format_table({name: load_summary(d, MUSE_SUMMARY, "llmpost eval muse") for name, d in runs.items()},
+                        SUMMARY_KEYS)  # fmt: skip

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tofu"
 MODEL = ROOT.parent / "shared" / "models" / "stories260K"
 N = 4  # rows per split
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Entries open-unlearning's default TOFU evaluation writes (top-level metrics and their pre-computes).
 EXPECTED_KEYS = {
@@ -54,15 +55,6 @@ def _check_assets():
     missing = [str(p) for p in (DATA / "forget10_perturbed.jsonl", MODEL / "config.json") if not p.exists()]
     if missing:
         pytest.fail(f"test assets missing (data is required, never skipped): {missing}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The 260K-parameter model runs ~10x faster on one thread than on two contended ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

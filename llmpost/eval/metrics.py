@@ -173,20 +173,21 @@ def truth_ratio(correct: MetricResult, wrong: MetricResult, aggregator: str | Tr
 # ----------------------------------------------------------------------------------------------------------------------
 # ROUGE
 
-_SCORER: rouge_scorer.RougeScorer | None = None
+_SCORERS: dict[bool, rouge_scorer.RougeScorer] = {}
 
 
-def rouge_scores(generation: str, ground_truth: str) -> dict[str, float]:
+def rouge_scores(generation: str, ground_truth: str, use_stemmer: bool = True) -> dict[str, float]:
     """ROUGE-1 recall, ROUGE-L F1 and ROUGE-L recall of ``generation`` against ``ground_truth``.
 
-    ``RougeScorer(["rouge1", "rougeL"], use_stemmer=True).score(target=ground_truth, prediction=generation)`` (from
-    ``rouge_score``); ROUGE-L recall = LCS(generation, ground truth) / |ground truth| in stemmed, lower-cased words.
-    Source: TOFU sec. 2.2.1; open-unlearning ``eval_text_similarity``.
+    ``RougeScorer(["rouge1", "rougeL"], use_stemmer=use_stemmer).score(target=ground_truth, prediction=generation)``
+    (from ``rouge_score``); ROUGE-L recall = LCS(generation, ground truth) / |ground truth| in lower-cased words,
+    Porter-stemmed when ``use_stemmer``. Source: TOFU sec. 2.2.1; open-unlearning ``eval_text_similarity`` (stemmer on,
+    also for its MUSE port). MUSE's own code (``muse_bench/metrics/logger.py``) uses ``use_stemmer=False``.
     """
-    global _SCORER
-    if _SCORER is None:
-        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    s = _SCORER.score(ground_truth, generation)
+    scorer = _SCORERS.get(use_stemmer)
+    if scorer is None:
+        scorer = _SCORERS[use_stemmer] = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=use_stemmer)
+    s = scorer.score(ground_truth, generation)
     return {"rouge1_recall": s["rouge1"].recall, "rougeL_f1": s["rougeL"].fmeasure, "rougeL_recall": s["rougeL"].recall}
 
 
@@ -196,6 +197,7 @@ def rouge(
     inputs: Sequence[str] | None = None,
     indices: Sequence | None = None,
     rouge_type: str = "rougeL_recall",
+    use_stemmer: bool = True,
 ) -> MetricResult:
     """Per-example ROUGE (see :func:`rouge_scores`) with the prompt, ground truth and generation kept, as
     open-unlearning writes them; ``agg = mean_i rouge_type_i``."""
@@ -204,7 +206,7 @@ def rouge(
     inputs = inputs if inputs is not None else [""] * len(generations)
     by_index = {}
     for key, gen, gt, inp in zip(_index_keys(len(generations), indices), generations, ground_truths, inputs):
-        by_index[key] = {**rouge_scores(gen, gt), "input": inp, "ground_truth": gt, "generation": gen}
+        by_index[key] = {**rouge_scores(gen, gt, use_stemmer), "input": inp, "ground_truth": gt, "generation": gen}
     return result(_mean([v[rouge_type] for v in by_index.values()]), by_index)
 
 
@@ -253,16 +255,19 @@ def model_utility(values: Mapping[str, float | None]) -> MetricResult:
 # Membership inference, privleak, extraction strength
 
 
-def min_k_score(token_logps: Sequence[float] | np.ndarray, k: float = 0.4) -> float:
-    """Min-K% Prob score (arXiv 2310.16789): minus the mean of the ``max(1, floor(k n))`` lowest token log-probs.
+def min_k_score(token_logps: Sequence[float] | np.ndarray, k: float = 0.4, at_least_one: bool = True) -> float:
+    """Min-K% Prob score (arXiv 2310.16789): minus the mean of the ``floor(k n)`` lowest of ``n`` token log-probs.
 
-    Higher means "less likely a member". ``token_logps`` are an answer's per-token log-probs without the final EOS;
-    an empty sequence scores 0 (open-unlearning ``MinKProbAttack``, with TOFU's ``k=0.4``).
+    Higher means "less likely a member". With ``at_least_one`` (open-unlearning ``MinKProbAttack``, with TOFU's
+    ``k=0.4``) at least one token is kept and an empty sequence scores 0; ``token_logps`` are then an answer's per-token
+    log-probs without the final EOS. Without it (MUSE's ``metrics/privleak.py``: ``int(len * ratio)`` tokens), a
+    sequence with ``floor(k n) = 0`` scores NaN, as ``np.mean`` of an empty array does there.
     """
     lp = np.sort(np.asarray(token_logps, dtype=np.float64))
-    if lp.size == 0:
+    count = max(1, int(lp.size * k)) if at_least_one else int(lp.size * k)
+    if at_least_one and lp.size == 0:
         return 0.0
-    return float(-np.mean(lp[: max(1, int(lp.size * k))]))
+    return float(-np.mean(lp[:count])) if count else math.nan
 
 
 def mia_scores(scores: Sequence[float], indices: Sequence | None = None) -> MetricResult:
@@ -298,16 +303,17 @@ def mia(forget_scores: Sequence[float], holdout_scores: Sequence[float], forget_
     }
 
 
-def privleak(forget_auc: float, reference_auc: float) -> MetricResult:
+def privleak(forget_auc: float, reference_auc: float, eps: float = EPS) -> MetricResult:
     """MUSE PrivLeak (arXiv 2407.06460, sec. 3) in percent, relative to the retain model's AUC.
 
     With open-unlearning's AUC convention (1 = forget set clearly "seen"), MUSE's AUC is ``1 - AUC``; so
-    ``privleak = ((1 - auc) - (1 - ref)) / ((1 - ref) + 1e-10) * 100``. 0 is ideal; strongly negative means the
+    ``privleak = ((1 - auc) - (1 - ref)) / ((1 - ref) + eps) * 100``, ``eps = 1e-10`` by default (MUSE's own code,
+    ``muse_bench/eval.py``, divides without it: ``eps=0``). 0 is ideal; strongly negative means the
     forget set is still recognisable (under-unlearning), positive means over-unlearning. Source: open-unlearning
     ``privleak`` (with ``ref_value=0.5`` as its fallback when no retain log is given).
     """
     score, ref = 1 - forget_auc, 1 - reference_auc
-    return result((score - ref) / (ref + EPS) * 100)
+    return result((score - ref) / (ref + eps) * 100)
 
 
 def extraction_strength_score(preds: Sequence[int], labels: Sequence[int]) -> float:

@@ -41,7 +41,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from ..generation import GenerationBackend, generate_greedy, pad_token_id
 from ..ops import logps_from_logits
 from ..utils import atomic_write_json
 from . import metrics as M
+from .shard import model_device, sharded_map, world
 
 logger = logging.getLogger(__name__)
 
@@ -105,35 +106,6 @@ def load_retain_logs(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Distribution across ranks
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-def _sharded_map(fn: Callable[[list], list], items: list, lengths: Sequence[int]) -> list:
-    """``fn`` over ``items`` sorted longest first, split evenly across ranks (padded with a repeat of the shortest item
-    so every rank gets the same count), gathered back on every rank in the original order."""
-    order = sorted(range(len(items)), key=lambda i: -lengths[i])
-    world, rank = _world()
-    if world > 1 and order:
-        order = order + order[-1:] * (-len(order) % world)
-        order = order[rank::world]
-    pairs = list(zip(order, fn([items[i] for i in order])))
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, pairs)
-        pairs = [p for part in gathered for p in part]
-    out: list = [None] * len(items)
-    for i, value in pairs:
-        out[i] = value
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Forward passes
 
 
@@ -147,14 +119,9 @@ class AnswerStats:
     extraction_strength: float
 
 
-def _model_device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
-
-
 @torch.no_grad()
 def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) -> list[AnswerStats]:
-    device, out = _model_device(model), []
+    device, out = model_device(model), []
     for start in range(0, len(examples), batch_size):
         batch = pad_examples(examples[start : start + batch_size], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -178,7 +145,7 @@ def score_answers(
     (:func:`llmpost.data.tofu.encode_qa`), batched longest first, split across ranks when distributed."""
     examples = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
     pad_id = pad_token_id(tokenizer)
-    return _sharded_map(
+    return sharded_map(
         lambda ex: _score_batches(model, ex, batch_size, pad_id), examples, [len(e["input_ids"]) for e in examples]
     )
 
@@ -279,7 +246,7 @@ def _rouge_splits(model, tokenizer, template, splits, *, batch_size, max_length,
     gen_model = model
     if GenerationBackend(backend) == GenerationBackend.VLLM:
         gen_model = vllm_model if vllm_model is not None else getattr(model, "name_or_path", None)
-    texts = _sharded_map(
+    texts = sharded_map(
         lambda its: generate_greedy(gen_model, tokenizer, [it.prompt_ids for _, it in its], backend=backend,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size, stopwords=stopwords),
         items,
@@ -440,11 +407,11 @@ def evaluate_tofu(
         retain_logs_path=retain_logs_path, compute_generation=compute_generation, stopwords=stopwords,
         generation_backend=generation_backend, vllm_model=vllm_model, max_examples=max_examples,
     )  # fmt: skip
-    world, rank = _world()
+    size, rank = world()
     if output_dir is not None and rank == 0:
         eval_path, summary_path = write_tofu_results(logs, output_dir)
         logger.info("TOFU results written to %s and %s", eval_path, summary_path)
-    if output_dir is not None and world > 1:
+    if output_dir is not None and size > 1:
         torch.distributed.barrier()
     return summarize(logs)
 
