@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
 
-from .data.tofu import TemplateArgs, TofuArguments, first_authors, load_split, tokenize_qa
+from .data.files import DataError
+from .data.tofu import TemplateArgs, TofuArguments, encode_qa, first_authors, load_split, tokenize_qa
+from .data.unlearn import TemplateAnswers, load_template_answers
 
 
 def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, include_forget: bool = True):
@@ -19,6 +22,30 @@ def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, incl
     if include_forget:
         forget = tokenize_qa(load_split(data_args.forget_split, data_args.data_dir), tokenizer, template, max_length)
     return forget, retain
+
+
+class _QuestionWithAnswer:
+    """Picklable ``encode_fn`` for :class:`TemplateAnswers`: forget row ``i``'s question with a given answer."""
+
+    def __init__(self, tokenizer, template: TemplateArgs, questions: list[str], max_length: int):
+        self.tokenizer, self.template, self.questions, self.max_length = tokenizer, template, questions, max_length
+
+    def __call__(self, row: int, answer: str) -> dict:
+        return encode_qa(self.tokenizer, self.template, self.questions[row], answer, self.max_length)
+
+
+def tofu_template_answers(data_args: TofuArguments, tokenizer, max_length: int) -> TemplateAnswers:
+    """Template answers (FLAT, IdkDPO) for the forget split: ``template_answers_path``, by default TOFU's
+    ``idontknow.jsonl`` in ``data_dir``; each is tokenised as the answer to the forget row's question."""
+    path = data_args.template_answers_path
+    if path is None:
+        if not data_args.data_dir:
+            raise DataError("template_answers_path: not set (FLAT and IdkDPO need template answers, e.g. TOFU's "
+                            "idontknow.jsonl, one refusal per line)")
+        path = str(Path(data_args.data_dir) / "idontknow.jsonl")
+    questions = list(load_split(data_args.forget_split, data_args.data_dir)["question"])
+    encode = _QuestionWithAnswer(tokenizer, TemplateArgs.from_obj(data_args), questions, max_length)
+    return TemplateAnswers(load_template_answers(path), encode)
 
 
 def evaluate_saved(trainer, data_args: TofuArguments, eval_dir: str) -> dict | None:

@@ -1,11 +1,12 @@
-"""Unlearn a TOFU forget split with NPO (or gradient ascent / difference, NPO+RT, SimNPO), save, evaluate.
+"""Unlearn a TOFU forget split with NPO (or gradient ascent / difference, NPO+RT, SimNPO, FLAT, IdkDPO), save, evaluate.
 
 Launch (any scale; the accelerate config alone sets it):
 
     python recipes/npo_tofu.py --config configs/npo_tofu_tiny.yaml                        # CPU, tiny model
     accelerate launch --config_file configs/accelerate/zero3.yaml recipes/npo_tofu.py --config configs/npo_tofu.yaml
 
-Any config key can be overridden on the command line (``--beta 0.2 --method npo_rt``). Writes the model (or LoRA
+Any config key can be overridden on the command line (``--beta 0.2 --method npo_rt``; ``--method flat
+--flat_divergence js``; ``--method idk_dpo``, whose template answers default to ``data_dir/idontknow.jsonl``). Writes the model (or LoRA
 adapter) to ``output_dir``, and ``output_dir/eval/TOFU_EVAL.json`` + ``TOFU_SUMMARY.json`` when
 ``eval_after_training`` (forget_quality needs ``retain_logs_path``).
 """
@@ -18,9 +19,9 @@ from trl.trainer.utils import get_peft_config
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.tofu import TofuArguments
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
+from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import save_and_evaluate, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate, tofu_template_answers, tofu_train_splits
 from llmpost.utils import check_output_dir
 
 
@@ -30,7 +31,9 @@ def main(argv=None):
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length)
-    dataset = ForgetRetainDataset(forget, retain, seed=args.data_seed if args.data_seed is not None else args.seed)
+    templates = tofu_template_answers(data_args, tokenizer, args.max_length) if args.method in NEEDS_TEMPLATES else None
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    dataset = ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
     model = load_model(model_args, args.trust_remote_code)
 
     trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))

@@ -101,3 +101,108 @@ def test_logps_from_logits_shift_and_mask():
     logps, mask = logps_from_logits(logits, labels)
     assert mask.tolist() == [[True, True]]
     torch.testing.assert_close(logps, torch.log(torch.tensor([[0.75, 0.6]])))
+
+
+# ----- FLAT (arXiv 2410.11143) -----------------------------------------------------------------------------------------
+# Hand-derived at P(x, y_e) = 0.5, P(x, y_f) = 0.25, loss = -(g*(0.5) - f*(g*(0.25))):
+#   kl          -(0.5 - exp(-0.75))                                       = -0.0276334473
+#   reverse_kl  -(-exp(-0.5) - (-1 + 0.25))  = -(-0.6065306597 + 0.75)     = -0.1434693403
+#   pearson     -(0.5 - (0.0625/4 + 0.25))                                = -0.234375
+#   js          -((log 2 - log(1 + e^-0.5)) - (0.25 + log(1 + e^-0.25) - log 2))
+#               = -(0.2190701964 - 0.1327922393)                          = -0.0862779571
+#   tv          -(tanh(0.5)/2 - tanh(0.25)/2) = -(0.2310585786 - 0.1224593312) = -0.1085992474
+#   hellinger   -((1 - e^-0.5) - (e^0.25 - 1)) = -(0.3934693403 - 0.2840254167) = -0.1094439236
+FLAT_HAND = {"kl": -0.0276334473, "reverse_kl": -0.1434693403, "pearson": -0.234375, "js": -0.0862779571,
+             "tv": -0.1085992474, "hellinger": -0.1094439236}
+
+
+@pytest.mark.parametrize("divergence", list(FLAT_HAND))
+def test_flat_hand_values(divergence):
+    from llmpost.methods.flat import flat_loss
+
+    loss = flat_loss(torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.25], dtype=torch.float64), divergence)
+    assert loss.item() == pytest.approx(FLAT_HAND[divergence], abs=1e-9)
+
+
+@pytest.mark.parametrize("divergence", list(FLAT_HAND))
+def test_flat_gradient_raises_template_and_lowers_forget_probability(divergence):
+    """For every divergence and every probability in (0, 1): dL/dP_e < 0 and dL/dP_f > 0, so a descent step moves the
+    template answer up and the forget answer down (the authors' reverse-KL and Hellinger forms fail this)."""
+    from llmpost.methods.flat import flat_loss
+
+    grid = torch.linspace(0.01, 0.99, 25, dtype=torch.float64)
+    p_e, p_f = grid.clone().requires_grad_(True), grid.flip(0).clone().requires_grad_(True)
+    flat_loss(p_e, p_f, divergence).sum().backward()
+    assert (p_e.grad < 0).all() and (p_f.grad > 0).all(), (p_e.grad, p_f.grad)
+    assert torch.autograd.gradcheck(lambda a, b: flat_loss(a, b, divergence), (p_e.detach().requires_grad_(), p_f.detach().requires_grad_()))
+
+
+def test_flat_batch_form_and_unknown_divergence():
+    from llmpost.methods.flat import flat_batch_loss, flat_loss
+
+    probs_e = torch.tensor([[0.2, 0.4, 0.9], [0.6, 0.0, 0.0]])  # second row: one answer token
+    mask_e = torch.tensor([[True, True, True], [True, False, False]])
+    probs_f = torch.tensor([[0.5, 0.1, 0.0], [0.3, 0.3, 0.3]])
+    mask_f = torch.tensor([[True, True, False], [True, True, True]])
+    # one mean over all answer tokens of the batch: P_e = 2.1/4, P_f = 1.5/5
+    expected = flat_loss(torch.tensor([2.1 / 4]), torch.tensor([1.5 / 5]), "js")[0]
+    torch.testing.assert_close(flat_batch_loss(probs_e, mask_e, probs_f, mask_f, "js"), expected)
+    with pytest.raises(ValueError, match="'chi2' is not a valid FDivergence"):
+        flat_loss(torch.tensor([0.5]), torch.tensor([0.5]), "chi2")
+
+
+# ----- DPO / IdkDPO (arXiv 2305.18290) --------------------------------------------------------------------------------
+def test_dpo_hand_values_and_label_smoothing():
+    from llmpost.methods.dpo import dpo_loss
+
+    # h = (-5 - -6) - (-9 - -7) = 3; beta 0.1: -log sigmoid(0.3) = log(1 + e^-0.3) = 0.5543552444
+    args = [torch.tensor([-5.0]), torch.tensor([-9.0]), torch.tensor([-6.0]), torch.tensor([-7.0])]
+    assert dpo_loss(*args, beta=0.1).item() == pytest.approx(0.5543552444, abs=1e-7)
+    # eps 0.1: 0.9 * 0.5543552444 + 0.1 * log(1 + e^0.3) = 0.4989197200 + 0.0854355244 = 0.5843552444
+    assert dpo_loss(*args, beta=0.1, label_smoothing=0.1).item() == pytest.approx(0.5843552444, abs=1e-7)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        dpo_loss(*args, beta=0.0)
+
+
+def test_dpo_loss_equals_trl_dpo_trainer_sigmoid_loss(tmp_path):
+    """TRL's DPOTrainer (loss_type sigmoid, explicit reference) on the tiny model, one pair per batch: its loss equals
+    dpo_loss of the per-example numbers it logs (policy log-probs; reference = policy - reward / beta)."""
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from conftest import TINY_MODEL
+    from llmpost.methods.dpo import dpo_loss
+    from llmpost.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(TINY_MODEL))
+    policy = AutoModelForCausalLM.from_pretrained(TINY_MODEL, dtype=torch.float32)
+    ref = copy.deepcopy(policy)
+    with torch.no_grad():  # make the policy differ from the reference, so the log-ratios are not all 0
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    data = Dataset.from_dict({"prompt": ["Once upon a time", "The cat", "Tom and Lily"],
+                              "chosen": [" there was a girl.", " sat down.", " went to the park."],
+                              "rejected": [" the sky fell.", " ran far away from home.", " were sad."]})
+    beta = 0.3
+    cfg = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, beta=beta, loss_type=["sigmoid"],
+                    use_cpu=True, bf16=False, report_to="none", max_length=64)
+    trainer = DPOTrainer(policy, ref_model=ref.requires_grad_(False), args=cfg, train_dataset=data, processing_class=tok)
+    trainer.model.train()  # TRL files its metrics under "train" in training mode
+    checked = 0
+    for batch in trainer.get_train_dataloader():
+        trainer._metrics["train"].clear()
+        with torch.no_grad():
+            trl_loss = trainer.compute_loss(trainer.model, batch)
+        m = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        chosen, rejected = torch.tensor([m["logps/chosen"]]), torch.tensor([m["logps/rejected"]])
+        ref_chosen = chosen - torch.tensor([m["rewards/chosen"]]) / beta
+        ref_rejected = rejected - torch.tensor([m["rewards/rejected"]]) / beta
+        ours = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+        assert abs(m["rewards/margins"]) > 1e-3  # a non-trivial pair
+        assert ours.item() == pytest.approx(trl_loss.item(), rel=1e-5)
+        checked += 1
+    assert checked == 3

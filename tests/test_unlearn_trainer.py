@@ -14,7 +14,7 @@ from llmpost.data.collators import pad_examples
 from llmpost.data.tofu import TemplateArgs, load_split, tokenize_qa
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.methods.unlearn import NonFiniteLossError, Reference, UnlearnConfig, UnlearnTrainer
-from llmpost.ops import sequence_logps, token_logps
+from llmpost.ops import masked_mean, sequence_logps, token_logps
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,80 @@ def test_epoch_callback_sets_dataset_and_collator_epoch_from_state():
     with pytest.raises(ValueError, match="dataloader_persistent_workers"):
         cb.on_train_begin(SimpleNamespace(dataloader_num_workers=2, dataloader_persistent_workers=True), None, None,
                           train_dataloader=loader)
+
+
+@pytest.fixture(scope="module")
+def templates(tokenizer):
+    from llmpost.data.tofu import encode_qa
+    from llmpost.data.unlearn import TemplateAnswers, load_template_answers
+
+    questions = load_split("forget10", str(TOFU_DIR)).select(range(8))["question"]
+    answers = load_template_answers(TOFU_DIR / "idontknow.jsonl")
+    assert len(answers) == 100  # 100 lines (the last without a newline, so `wc -l` says 99)
+    return TemplateAnswers(answers, lambda i, a: encode_qa(tokenizer, TemplateArgs(), questions[i], a, 256))
+
+
+@torch.no_grad()
+def _answer_stats(model, rows, tokenizer):
+    """Per-row summed log-prob and mean token probability of the answers."""
+    batch = pad_examples([{k: v for k, v in r.items() if k != "template_id"} for r in rows], tokenizer.pad_token_id)
+    logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return sequence_logps(logps, mask), masked_mean(logps.exp(), mask)
+
+
+@pytest.mark.parametrize("method,extra", [("flat", {}), ("flat", {"flat_divergence": "js", "flat_reduction": "batch"}),
+                                          ("flat", {"flat_divergence": "reverse_kl"}), ("idk_dpo", {})])
+def test_flat_and_idk_dpo_lower_forget_and_raise_template_likelihood(tmp_path, splits, templates, tokenizer, method, extra):
+    """Each moves what it optimises: FLAT the answers' mean token probability (template up, forget down), IdkDPO the
+    log-probs (chosen template up, rejected forget answer down)."""
+    forget, retain = splits
+    model = _model()
+    ds = ForgetRetainDataset(forget, retain if method == "idk_dpo" else None, seed=1, templates=templates)
+    forget_rows = [forget[i] for i in range(8)]
+    template_rows = [ds.templates.encode(i, ds.template_index(i, 0)) for i in range(8)]
+    (f_logps, f_prob), (t_logps, t_prob) = _answer_stats(model, forget_rows, tokenizer), _answer_stats(model, template_rows, tokenizer)
+    lr = 1e-3 if method == "flat" else 5e-3
+    trainer = UnlearnTrainer(model, _args(tmp_path, method=method, max_steps=4, learning_rate=lr, **extra), ds, tokenizer)
+    if method == "idk_dpo":
+        assert trainer.reference == Reference.PRECOMPUTED and trainer.ref_model is None
+        # the template reference table holds, for each row, the template drawn in each planned epoch (4 steps of 4
+        # rows over 8 rows: 2 epochs), equal to the initial model's log-prob; other entries are NaN
+        table = trainer.ref_template_logps
+        torch.testing.assert_close(table[torch.arange(8), [ds.template_index(i, 0) for i in range(8)]], t_logps,
+                                   rtol=1e-5, atol=1e-4)
+        assert trainer.planned_epochs(len(ds)) == 2 and 8 < int((~torch.isnan(table)).sum()) <= 16
+    trainer.train()
+    (f_logps2, f_prob2), (t_logps2, t_prob2) = (_answer_stats(trainer.model, rows, tokenizer) for rows in (forget_rows, template_rows))
+    if method == "flat":
+        assert f_prob2.mean() < f_prob.mean() - 0.05 and t_prob2.mean() > t_prob.mean() + 0.05, (f_prob.mean(), f_prob2.mean(), t_prob.mean(), t_prob2.mean())
+    else:
+        assert f_logps2.mean() < f_logps.mean() - 1.0 and t_logps2.mean() > t_logps.mean() + 1.0, (f_logps.mean(), f_logps2.mean(), t_logps.mean(), t_logps2.mean())
+    logged = [h for h in trainer.state.log_history if "forget_loss" in h]
+    assert logged and ("template_prob" in logged[0] if method == "flat" else "reward_margin" in logged[0])
+    assert ("retain_loss" in logged[0]) == (method == "idk_dpo")
+
+
+def test_template_draw_is_a_function_of_seed_epoch_index_and_templates_are_required(tmp_path, splits, templates, tokenizer):
+    forget, _ = splits
+    ds = ForgetRetainDataset(forget, None, seed=5, templates=templates)
+    first = [ds[i]["template"]["template_id"] for i in range(8)]
+    assert first == [ForgetRetainDataset(forget, None, seed=5, templates=templates)[i]["template"]["template_id"] for i in range(8)]
+    ds.set_epoch(1)
+    assert [ds[i]["template"]["template_id"] for i in range(8)] != first
+    assert ds[3]["template"]["index"] == 3 and "retain" not in ds[3]
+    with pytest.raises(ValueError, match="'flat' needs template answers"):
+        UnlearnTrainer(_model(), _args(tmp_path, method="flat"), ForgetRetainDataset(forget), tokenizer)
+
+
+def test_template_answers_file_errors(tmp_path):
+    from llmpost.data.files import DataError
+    from llmpost.data.unlearn import load_template_answers
+
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="holds no answer"):
+        load_template_answers(tmp_path / "empty.txt")
+    (tmp_path / "mixed.jsonl").write_text('plain line\n"a json string"\n{"text": "an object"}\n')
+    assert load_template_answers(tmp_path / "mixed.jsonl") == ["plain line", "a json string", "an object"]
+    (tmp_path / "bad.jsonl").write_text('ok\n{"text": \n')
+    with pytest.raises(DataError, match=r"bad\.jsonl: line 2"):
+        load_template_answers(tmp_path / "bad.jsonl")

@@ -24,14 +24,15 @@ def pad_examples(examples: list[dict], pad_token_id: int, padding_side: str = "r
 
 
 class ForgetRetainCollator:
-    """Batches ``{"forget": ex, "retain": ex}`` items into ``forget_*`` and ``retain_*`` tensors."""
+    """Batches ``{"forget": ex, "retain": ex, "template": ex}`` items into ``forget_*``, ``retain_*`` and ``template_*``
+    tensors (the parts an item has)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
-        for part in ("forget", "retain"):
+        for part in ("forget", "retain", "template"):
             if part in items[0]:
                 padded = pad_examples([it[part] for it in items], self.pad_token_id)
                 batch.update({f"{part}_{k}": v for k, v in padded.items()})

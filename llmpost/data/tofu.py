@@ -160,6 +160,9 @@ class TofuArguments(TemplateArgs):
     num_retain_authors: int | None = field(
         default=None, metadata={"help": "Use only the first N retain authors (20 rows each); unset: the whole retain split."}
     )
+    template_answers_path: str | None = field(
+        default=None, metadata={"help": "FLAT / IdkDPO template answers, one per line (unset: data_dir/idontknow.jsonl)."}
+    )
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json, for forget_quality."})
     eval_after_training: bool = field(default=True, metadata={"help": "Run the TOFU evaluation on the saved model."})
     eval_max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."})

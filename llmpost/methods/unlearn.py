@@ -1,16 +1,22 @@
-"""The unlearning trainer shared by gradient ascent, gradient difference, NPO, NPO+RT and SimNPO.
+"""The unlearning trainer shared by gradient ascent, gradient difference, NPO, NPO+RT, SimNPO, FLAT and IdkDPO.
 
-Each method is a pure per-example loss in its own file (``grad_diff.py``, ``npo.py``, ``simnpo.py``); this file holds
+Each method is a pure per-example loss in its own file (``grad_diff.py``, ``npo.py``, ``simnpo.py``, ``flat.py``,
+``dpo.py``); this file holds
 the :class:`UnlearnConfig` (a ``transformers.TrainingArguments``), the :class:`UnlearnMethod` dispatch and the
 :class:`UnlearnTrainer`, a thin ``transformers.Trainer`` subclass (TRL has no unlearning trainer to extend; we reuse
 TRL's fused LM head, PEFT adapter switching and DeepSpeed inference-engine helpers).
 
-Objective, per batch of ``B`` forget examples each paired with one retain example:
+Objective, per batch of ``B`` forget examples each paired with one retain example (and, for FLAT and IdkDPO, one
+template answer such as "I don't know" to the forget row's question):
 
     loss = gamma * mean_i forget_loss_i  +  alpha * mean_i retain_loss_i      (retain term only where the method has one)
 
-Reference model (NPO, NPO+RT, and the retain KL): ``reference: precomputed`` computes the forget answers' reference
-log-probs in one pass before training and keeps no second model; ``peft_base`` uses the LoRA model with adapters
+FLAT's forget loss contrasts the template and forget answers' mean token probabilities (no retain term, no
+reference); IdkDPO's is DPO with the template as the chosen and the forget answer as the rejected answer.
+
+Reference model (NPO, NPO+RT, IdkDPO, and the retain KL): ``reference: precomputed`` computes the reference log-probs
+in one pass before training and keeps no second model (for IdkDPO: the forget answers, and each template answer drawn
+for each forget row in every planned epoch); ``peft_base`` uses the LoRA model with adapters
 disabled; ``model`` keeps an explicit frozen copy (needed for the retain KL of full fine-tuning). ``auto`` picks the
 cheapest that works.
 """
@@ -18,6 +24,7 @@ cheapest that works.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -31,8 +38,10 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 from ..data.collators import ForgetRetainCollator, pad_examples
 from ..epochs import EpochCallback
 from ..generation import pad_token_id
-from ..ops import sequence_logps, shift_labels, token_logps
+from ..ops import masked_mean, sequence_logps, shift_labels, token_logps
 from ..utils import StrEnum
+from .dpo import dpo_loss
+from .flat import FDivergence, flat_batch_loss, flat_loss
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
 from .npo import npo_loss
 from .simnpo import simnpo_loss
@@ -44,6 +53,13 @@ class UnlearnMethod(StrEnum):
     NPO = "npo"
     NPO_RT = "npo_rt"
     SIMNPO = "simnpo"
+    FLAT = "flat"
+    IDK_DPO = "idk_dpo"
+
+
+class FlatReduction(StrEnum):
+    EXAMPLE = "example"
+    BATCH = "batch"
 
 
 class RetainLoss(StrEnum):
@@ -58,8 +74,14 @@ class Reference(StrEnum):
     MODEL = "model"
 
 
-_HAS_RETAIN = {UnlearnMethod.GRAD_DIFF, UnlearnMethod.NPO_RT, UnlearnMethod.SIMNPO}
-_NEEDS_REF_LOGPS = {UnlearnMethod.NPO, UnlearnMethod.NPO_RT}
+_HAS_RETAIN = {UnlearnMethod.GRAD_DIFF, UnlearnMethod.NPO_RT, UnlearnMethod.SIMNPO, UnlearnMethod.IDK_DPO}
+_NEEDS_REF_LOGPS = {UnlearnMethod.NPO, UnlearnMethod.NPO_RT, UnlearnMethod.IDK_DPO}
+NEEDS_TEMPLATES = {UnlearnMethod.FLAT, UnlearnMethod.IDK_DPO}
+
+
+def uses_retain(args) -> bool:
+    """Whether the configured method trains on retain rows (the recipes then pair them with the forget rows)."""
+    return args.method in _HAS_RETAIN and args.alpha > 0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,12 +93,14 @@ class UnlearnConfig(TrainingArguments):
     """Training arguments for the unlearning methods. Defaults are NPO's TOFU setup (arXiv 2404.05868, Sec. 5)."""
 
     method: UnlearnMethod = field(default=UnlearnMethod.NPO, metadata={"help": f"One of {[m.value for m in UnlearnMethod]}."})
-    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (NPO paper, TOFU: 0.1)."})
+    beta: float = field(default=0.1, metadata={"help": "NPO / IdkDPO inverse temperature (NPO paper, TOFU: 0.1; TOFU IdkDPO: 0.1)."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term (open-unlearning default 1.0)."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term for grad_diff/npo_rt/simnpo (1.0)."})
     retain_loss: RetainLoss = field(default=RetainLoss.NLL, metadata={"help": "Retain term: 'nll' or 'kl' (to the reference)."})
     simnpo_beta: float = field(default=1.0, metadata={"help": "SimNPO beta (open-unlearning SimNPO default 1.0)."})
     simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
+    flat_divergence: FDivergence = field(default=FDivergence.KL, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (KL: the variant later papers compare against)."})
+    flat_reduction: FlatReduction = field(default=FlatReduction.EXAMPLE, metadata={"help": "FLAT: 'example' (per-example, batch-split invariant) or 'batch' (the authors' batch-mean probabilities)."})
     reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed | peft_base | model."})
     ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model)."})
     precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
@@ -86,7 +110,8 @@ class UnlearnConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: items are nested forget/retain dicts."})
 
     def __post_init__(self):
-        for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("reference", Reference)):
+        for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("reference", Reference),
+                           ("flat_divergence", FDivergence), ("flat_reduction", FlatReduction)):
             value = getattr(self, name)
             try:
                 setattr(self, name, enum(value))
@@ -129,9 +154,14 @@ class UnlearnTrainer(Trainer):
         self.ref_model = None
         if self.reference == Reference.MODEL:
             self.ref_model = self._prepare_ref_model(ref_model, args)
-        self.ref_forget_logps = None
+        if args.method in NEEDS_TEMPLATES and getattr(train_dataset, "templates", None) is None:
+            raise ValueError(f"method {args.method.value!r} needs template answers (ForgetRetainDataset(templates=...)), "
+                             "e.g. TOFU's idontknow.jsonl: set template_answers_path")
+        self.ref_forget_logps = self.ref_template_logps = None
         if self.reference == Reference.PRECOMPUTED:
             self.ref_forget_logps = self.precompute_ref_logps(train_dataset.forget).to(self.accelerator.device)
+            if args.method == UnlearnMethod.IDK_DPO:
+                self.ref_template_logps = self._precompute_template_ref(train_dataset).to(self.accelerator.device)
 
     # ----- reference -------------------------------------------------------------------------------------------------
     def _resolve_reference(self, args: UnlearnConfig, have_ref_model: bool) -> Reference | None:
@@ -171,16 +201,38 @@ class UnlearnTrainer(Trainer):
         else:
             yield self.ref_model
 
+    def planned_epochs(self, num_rows: int) -> int:
+        """How many epochs (started ones included) training will run: at least the trainer's own count."""
+        args = self.args
+        if args.max_steps > 0:  # an epoch has at least this many optimizer steps; fewer steps per epoch -> more epochs
+            rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+            return math.ceil(args.max_steps / max(num_rows // rows_per_step, 1))
+        return math.ceil(args.num_train_epochs)
+
+    def _precompute_template_ref(self, dataset) -> torch.Tensor:
+        """IdkDPO: reference log-probs of the template answer drawn for each forget row in each planned epoch, as an
+        ``(N, num_templates)`` table (NaN where no epoch draws that pair). The draws are pure functions of (seed,
+        epoch, row), so they are known before training; at most ``epochs x N`` short sequences."""
+        n, t = len(dataset), len(dataset.templates)
+        pairs = sorted({(i, dataset.template_index(i, e)) for e in range(self.planned_epochs(n)) for i in range(n)})
+        keys = ("input_ids", "labels", "attention_mask")
+        examples = [{**{k: dataset.templates.encode(i, j)[k] for k in keys}, "index": i * t + j} for i, j in pairs]
+        return self.precompute_ref_logps(examples, size=n * t).view(n, t)
+
     @torch.no_grad()
-    def precompute_ref_logps(self, forget_dataset) -> torch.Tensor:
-        """Reference log-probs of every forget answer, one pass, sharded over processes; ``(N,)`` indexed by ``index``."""
+    def precompute_ref_logps(self, examples, size: int | None = None) -> torch.Tensor:
+        """Reference log-probs of tokenised examples (a forget split), one pass, sharded over processes.
+
+        Returns a ``(size,)`` tensor (default ``len(examples)``) holding each example's log-prob at its ``index``
+        and NaN elsewhere."""
+        size = len(examples) if size is None else size
         bs = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        loader = DataLoader(forget_dataset, batch_size=bs, shuffle=False, collate_fn=lambda ex: pad_examples(ex, self.pad_id))
+        loader = DataLoader(examples, batch_size=bs, shuffle=False, collate_fn=lambda ex: pad_examples(ex, self.pad_id))
         loader = self.accelerator.prepare(loader)
         was_training = self.model.training
         model = prepare_deepspeed(self.model, self.accelerator) if self.is_deepspeed_enabled else self.model
         model.eval()
-        out = torch.full((len(forget_dataset),), float("nan"))
+        out = torch.full((size,), float("nan"))
         for batch in loader:
             logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused)
             idx, seq = self.accelerator.gather_for_metrics((batch["index"], sequence_logps(logps, mask)))
@@ -188,8 +240,9 @@ class UnlearnTrainer(Trainer):
         self.model.train(was_training)
         if model is not self.model:  # drop the inference engine's ZeRO-3 hooks: they would clash with the training engine's
             model.destroy()
-        if torch.isnan(out).any():
-            raise RuntimeError("reference pass left forget rows without a log-prob (check the 'index' column)")
+        wanted = torch.as_tensor(examples["index"] if hasattr(examples, "column_names") else [e["index"] for e in examples])
+        if torch.isnan(out[wanted]).any():
+            raise RuntimeError("reference pass left rows without a log-prob (check the 'index' column)")
         return out
 
     # ----- loss ------------------------------------------------------------------------------------------------------
@@ -198,26 +251,43 @@ class UnlearnTrainer(Trainer):
         method = args.method
         has_retain = method in _HAS_RETAIN and "retain_input_ids" in inputs and args.alpha > 0
         retain_kl = has_retain and args.retain_loss == RetainLoss.KL
-        f_ids, f_att, f_lab = inputs["forget_input_ids"], inputs["forget_attention_mask"], inputs["forget_labels"]
-        n = f_ids.shape[0]
-        # One forward over forget and (NLL) retain rows together: one larger matmul instead of two.
-        if has_retain and not retain_kl:
-            ids, att, lab = _concat_padded([(f_ids, f_att, f_lab), (inputs["retain_input_ids"], inputs["retain_attention_mask"], inputs["retain_labels"])], self.pad_id)
-        else:
-            ids, att, lab = f_ids, f_att, f_lab
+        # One forward over forget, template and (NLL) retain rows together: one larger matmul instead of several.
+        parts = ["forget"] + (["template"] if method in NEEDS_TEMPLATES else []) + (["retain"] if has_retain and not retain_kl else [])
+        rows = {p: (inputs[f"{p}_input_ids"], inputs[f"{p}_attention_mask"], inputs[f"{p}_labels"]) for p in parts}
+        ids, att, lab = _concat_padded(list(rows.values()), self.pad_id) if len(parts) > 1 else rows["forget"]
         logps, mask = token_logps(model, ids, att, lab, fused=self.fused)
-        f_logps, f_mask = logps[:n, : f_lab.shape[1] - 1], mask[:n, : f_lab.shape[1] - 1]
+        split, start = {}, 0
+        for p, (p_ids, _, p_lab) in rows.items():
+            n, width = p_ids.shape[0], p_lab.shape[1] - 1
+            split[p] = (logps[start : start + n, :width], mask[start : start + n, :width])
+            start += n
+        f_logps, f_mask = split["forget"]
         seq = sequence_logps(f_logps, f_mask)
         metrics = {"forget_logps": seq.detach(), "forget_nll": nll_loss(f_logps, f_mask).detach()}
 
         if method in (UnlearnMethod.GRAD_ASCENT, UnlearnMethod.GRAD_DIFF):
             forget = gradient_ascent_loss(f_logps, f_mask)
-        elif method in _NEEDS_REF_LOGPS:
-            ref = self._ref_logps(inputs)
+        elif method in (UnlearnMethod.NPO, UnlearnMethod.NPO_RT):
+            ref = self._ref_logps(inputs, "forget")
             forget = npo_loss(seq, ref, args.beta)
             metrics["ref_logps"], metrics["log_ratio"] = ref, (seq - ref).detach()
         elif method == UnlearnMethod.SIMNPO:
             forget = simnpo_loss(seq, f_mask.sum(-1), args.simnpo_beta, args.simnpo_delta)
+        elif method == UnlearnMethod.FLAT:
+            (t_logps, t_mask) = split["template"]
+            if args.flat_reduction == FlatReduction.BATCH:
+                forget = flat_batch_loss(t_logps.exp(), t_mask, f_logps.exp(), f_mask, args.flat_divergence).reshape(1)
+            else:
+                p_template, p_forget = masked_mean(t_logps.exp(), t_mask), masked_mean(f_logps.exp(), f_mask)
+                forget = flat_loss(p_template, p_forget, args.flat_divergence)
+            metrics["template_prob"] = masked_mean(t_logps.exp(), t_mask).detach()
+            metrics["forget_prob"] = masked_mean(f_logps.exp(), f_mask).detach()
+        elif method == UnlearnMethod.IDK_DPO:
+            chosen = sequence_logps(*split["template"])
+            ref_chosen, ref_rejected = self._ref_logps(inputs, "template"), self._ref_logps(inputs, "forget")
+            forget = dpo_loss(chosen, seq, ref_chosen, ref_rejected, args.beta)
+            metrics["template_logps"] = chosen.detach()
+            metrics["reward_margin"] = (args.beta * ((chosen - ref_chosen) - (seq - ref_rejected))).detach()
         else:  # pragma: no cover - the enum is closed
             raise ValueError(f"unknown unlearning method {method!r}")
         loss = args.gamma * forget.mean()
@@ -227,7 +297,7 @@ class UnlearnTrainer(Trainer):
             if retain_kl:
                 retain = self._retain_kl(model, inputs)
             else:
-                retain = nll_loss(logps[n:], mask[n:])
+                retain = nll_loss(*split["retain"])
             loss = loss + args.alpha * retain.mean()
             metrics["retain_loss"] = retain.detach()
         self._check_finite(loss)
@@ -236,11 +306,18 @@ class UnlearnTrainer(Trainer):
                 self._metrics[key].append(value.float().mean())
         return loss
 
-    def _ref_logps(self, inputs) -> torch.Tensor:
-        if self.ref_forget_logps is not None:
+    def _ref_logps(self, inputs, part: str) -> torch.Tensor:
+        """Reference log-probs of the ``forget`` or ``template`` answers of a batch: precomputed, or one forward."""
+        if part == "forget" and self.ref_forget_logps is not None:
             return self.ref_forget_logps[inputs["forget_index"]]
+        if part == "template" and self.ref_template_logps is not None:
+            ref = self.ref_template_logps[inputs["template_index"], inputs["template_template_id"]]
+            if torch.isnan(ref).any():
+                raise RuntimeError("no precomputed reference for a template answer: training ran past the epochs planned "
+                                   f"({self.planned_epochs(len(self.train_dataset))}); use reference: model or peft_base")
+            return ref
         with torch.no_grad(), self._reference_ctx() as ref:
-            logps, mask = token_logps(ref, inputs["forget_input_ids"], inputs["forget_attention_mask"], inputs["forget_labels"], fused=self.fused)
+            logps, mask = token_logps(ref, inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"], inputs[f"{part}_labels"], fused=self.fused)
         return sequence_logps(logps, mask)
 
     def _retain_kl(self, model, inputs) -> torch.Tensor:
