@@ -55,21 +55,27 @@ def format_table(runs: dict[str, dict], keys=TABLE_KEYS) -> str:
     return "\n".join(lines)
 
 
-def plot_runs(runs: dict[str, dict], path: str | os.PathLike) -> None:
-    """Two panels, one labelled point per run: forget quality (log scale) against model utility, TOFU's headline
-    trade-off; and forget-set against retain-set answer probability, which still separates runs when a small model
-    has no utility (its Real Authors / World Facts ROUGE of 0 makes the harmonic mean 0)."""
+def markdown_table(runs: dict[str, dict], keys=TABLE_KEYS) -> str:
+    """The same table in Markdown: a row per run, a column per metric (4 significant digits, '-' where missing)."""
+
+    def fmt(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+    lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(fmt(s.get(k)) for k in keys) + " |" for name, s in runs.items()]
+    return "\n".join(lines)
+
+
+def scatter_panels(runs: dict[str, dict], panels, path: str | os.PathLike) -> None:
+    """One labelled point per run in each panel; ``panels`` are ``(xkey, ykey, xlabel, ylabel, log_y, title)``.
+    The PNG is written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
-    panels = (
-        ("model_utility", "forget_quality", "model utility", "forget quality (KS-test p-value)", True),
-        ("retain_Q_A_Prob", "forget_Q_A_Prob", "retain Q/A probability", "forget Q/A probability", False),
-    )
-    for ax, (xkey, ykey, xlabel, ylabel, logy) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), dpi=120, squeeze=False)
+    for ax, (xkey, ykey, xlabel, ylabel, logy, title) in zip(axes[0], panels):
         for name, s in runs.items():
             x, y = s.get(xkey), s.get(ykey)
             if x is None or y is None:
@@ -81,15 +87,37 @@ def plot_runs(runs: dict[str, dict], path: str | os.PathLike) -> None:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title("TOFU: forget quality vs model utility")
-    axes[1].set_title("forget vs retain answer probability")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_runs(runs: dict[str, dict], path: str | os.PathLike) -> None:
+    """Two panels: forget quality (log scale) against model utility, TOFU's headline trade-off; and forget-set against
+    retain-set answer probability, which still separates runs when a small model has no utility (its Real Authors /
+    World Facts ROUGE of 0 makes the harmonic mean 0)."""
+    scatter_panels(runs, (
+        ("model_utility", "forget_quality", "model utility", "forget quality (KS-test p-value)", True,
+         "TOFU: forget quality vs model utility"),
+        ("retain_Q_A_Prob", "forget_Q_A_Prob", "retain Q/A probability", "forget Q/A probability", False,
+         "forget vs retain answer probability"),
+    ), path)
+
+
+def plot_muse_runs(runs: dict[str, dict], path: str | os.PathLike) -> None:
+    """MUSE's trade-off: verbatim (C1) and knowledge (C2) memorisation of the forget set against utility, the retain
+    set's knowledge memorisation (C4). Lower and to the right is better."""
+    scatter_panels(runs, (
+        ("retain_knowmem_ROUGE", "forget_verbmem_ROUGE", "utility: retain KnowMem ROUGE", "forget VerbMem ROUGE", False,
+         "MUSE: VerbMem vs utility"),
+        ("retain_knowmem_ROUGE", "forget_knowmem_ROUGE", "utility: retain KnowMem ROUGE", "forget KnowMem ROUGE", False,
+         "MUSE: KnowMem vs utility"),
+    ), path)
 
 
 def tofu_report(runs: dict[str, str], retain_logs_path: str | None = None, plot_path: str | None = None) -> str:

@@ -10,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1   # training and evaluation show progress bars with rate and ETA
 OUT=${OUT:-runs/quickstart}
 METHODS=${METHODS:-npo npo_rt}
-common=(--overwrite_output_dir true --disable_tqdm true)
+common=(--overwrite_output_dir true)
 
 python recipes/finetune_tofu.py --config configs/finetune_tofu_tiny.yaml "${common[@]}" \
   --include_forget false --output_dir "$OUT/retain"

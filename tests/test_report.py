@@ -43,3 +43,17 @@ def test_report_errors_exit_2(tmp_path, capsys):
     assert "NAME=EVAL_DIR" in capsys.readouterr().err
     assert main(["report", "tofu", "--run", f"x={tmp_path}"]) == 2
     assert "no TOFU_SUMMARY.json" in capsys.readouterr().err
+
+
+def test_markdown_table_and_muse_plot(tmp_path):
+    import math
+
+    from llmpost.report import markdown_table, plot_muse_runs
+
+    runs = {"target": {"forget_verbmem_ROUGE": 0.61234, "retain_knowmem_ROUGE": 0.3, "privleak": None},
+            "npo": {"forget_verbmem_ROUGE": 0.1, "retain_knowmem_ROUGE": 0.25, "privleak": math.nan}}
+    table = markdown_table(runs, ("forget_verbmem_ROUGE", "privleak")).splitlines()
+    assert table[0] == "| run | forget_verbmem_ROUGE | privleak |" and table[1] == "|---|---|---|"
+    assert table[2:] == ["| target | 0.6123 | - |", "| npo | 0.1 | - |"]
+    plot_muse_runs(runs, tmp_path / "m.png")
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp.png"))
