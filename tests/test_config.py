@@ -126,6 +126,16 @@ def test_recipe_user_errors_exit_2_with_one_clear_line(tmp_path):
     assert r.returncode == 2 and "'./no/such/model' does not exist" in r.stderr
     r = _run_recipe(*base, "--output_dir", str(tmp_path / "c"), "--forget_split", "forget11")
     assert r.returncode == 2 and "'forget11' not found" in r.stderr and "forget10" in r.stderr
+    # FLAT without its template answers, and an empty template file
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "f"), "--method", "flat",
+                    "--template_answers_path", str(tmp_path / "none.txt"))
+    assert r.returncode == 2 and "none.txt' does not exist" in r.stderr and not (tmp_path / "f").exists()
+    (tmp_path / "empty.txt").write_text("\n")
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "g"), "--method", "idk_dpo",
+                    "--template_answers_path", str(tmp_path / "empty.txt"))
+    assert r.returncode == 2 and "holds no answer" in r.stderr and not (tmp_path / "g").exists()
+    r = _run_recipe(*base, "--output_dir", str(tmp_path / "h"), "--method", "flat", "--flat_divergence", "chi2")
+    assert r.returncode == 2 and "flat_divergence" in r.stderr and "'chi2'" in r.stderr
     # a malformed local data file: the file and the line, exit 2, nothing written
     bad = tmp_path / "tofu"
     bad.mkdir()

@@ -1,5 +1,6 @@
 """Tier 3: the quickstart pipeline end to end on the tiny model and real TOFU rows (few steps, few eval rows):
-fine-tune retain and target models, unlearn (full and LoRA), evaluate against the retain log, report."""
+fine-tune retain and target models, unlearn (NPO, FLAT, IdkDPO; NPO+RT with LoRA), evaluate against the retain log,
+report."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def test_finetune_unlearn_evaluate_report(tmp_path):
     lora = json.loads((tmp_path / "lora" / "eval" / "TOFU_SUMMARY.json").read_text())
     assert npo["forget_Q_A_Prob"] < target["forget_Q_A_Prob"]  # NPO lowered the forget answers' probability
     assert lora["forget_Q_A_Prob"] < target["forget_Q_A_Prob"]
+    for method in ("flat", "idk_dpo"):  # template answers: TOFU's idontknow.jsonl beside the splits
+        _run("npo_tofu.py", *un, "--method", method, "--output_dir", str(tmp_path / method))
+        summary = json.loads((tmp_path / method / "eval" / "TOFU_SUMMARY.json").read_text())
+        assert summary["forget_Q_A_Prob"] < target["forget_Q_A_Prob"], method
     eval_logs = json.loads((tmp_path / "npo" / "eval" / "TOFU_EVAL.json").read_text())
     assert len(eval_logs["forget_truth_ratio"]["value_by_index"]) == 6
 
