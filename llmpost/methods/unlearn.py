@@ -95,7 +95,7 @@ class UnlearnConfig(TrainingArguments):
     method: UnlearnMethod = field(default=UnlearnMethod.NPO, metadata={"help": f"One of {[m.value for m in UnlearnMethod]}."})
     beta: float = field(default=0.1, metadata={"help": "NPO / IdkDPO inverse temperature (NPO paper, TOFU: 0.1; TOFU IdkDPO: 0.1)."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term (open-unlearning default 1.0)."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term for grad_diff/npo_rt/simnpo (1.0)."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term for grad_diff/npo_rt/simnpo/idk_dpo (1.0)."})
     retain_loss: RetainLoss = field(default=RetainLoss.NLL, metadata={"help": "Retain term: 'nll' or 'kl' (to the reference)."})
     simnpo_beta: float = field(default=1.0, metadata={"help": "SimNPO beta (open-unlearning SimNPO default 1.0)."})
     simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
