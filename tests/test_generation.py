@@ -137,3 +137,10 @@ def test_auto_generation_batch_size(model):
             self.w = torch.nn.Parameter(torch.zeros(1))
 
     assert G.auto_generation_batch_size(Fake(), 1017, 160, 200, floor=32) == 32
+
+
+def test_equal_length_scoring_batches():
+    from llmpost.eval.tofu import _equal_length_batches
+
+    assert _equal_length_batches([5, 5, 5, 4, 4, 2], 2) == [(0, 2), (2, 3), (3, 5), (5, 6)]
+    assert _equal_length_batches([3], 8) == [(0, 1)] and _equal_length_batches([], 8) == []

@@ -154,13 +154,28 @@ def _model_device(model) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
+def _equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` slices of at most ``batch_size`` consecutive examples of one length each.
+
+    Examples arrive sorted by length, so most slices are full; with no padding in a batch the model gets no attention
+    mask and SDPA runs its causal kernel, which skips the blocks above the diagonal (about half the attention work of
+    the masked kernel), and no padded positions are computed at all.
+    """
+    slices, start = [], 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or i - start == batch_size or lengths[i] != lengths[start]:
+            slices.append((start, i))
+            start = i
+    return slices
+
+
 @torch.inference_mode()
 def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) -> list[AnswerStats]:
     device, out = _model_device(model), []
     bar = tqdm(total=len(examples), desc=f"score (batch {batch_size})", unit="answer", disable=progress_disabled(),
                mininterval=5.0)  # fmt: skip
-    for start in range(0, len(examples), batch_size):
-        batch = pad_examples(examples[start : start + batch_size], pad_id)
+    for start, end in _equal_length_batches([len(e["input_ids"]) for e in examples], batch_size):
+        batch = pad_examples(examples[start:end], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         logps, mask = logps_from_logits(logits, batch["labels"])
