@@ -35,7 +35,7 @@ def test_bench_eval_tiny_reports_json_last_line(tmp_path):
         assert out[key] == out["median_s"][key.replace("ratio_", "") if key != "ratio" else "open_unlearning"] / \
             out["median_s"]["llmpost"]  # fmt: skip
         lo, hi = out[f"{key}_range"]
-        assert lo <= out[key] <= hi
+        assert lo <= out[key] <= hi and out[f"cpu_{key}"] > 0
     # The emulations made the calls of the code they stand for: 2 rows per split, batch 32.
     ou = out["details"]["open_unlearning"]
     assert ou["generate_calls"] == 4  # one batch per split (forget, retain, ra, wf)
