@@ -62,7 +62,19 @@ Profile (cProfile + torch.profiler, stories260K, 1 thread, before this script's 
 * Scoring (~40-45%): SDPA 43%, linear 26%, tokenisation 4%, the log-softmax 2%. Batches of equal-length answers (no
   padding, SDPA's causal kernel) save ~8% (21.3-21.6 s vs 23.3 s on 100 rows per split; results equal to 3.5e-7).
 
-Measured: see the summary at the end of this docstring.
+Measured (TOFU forget10, stories260K, 1 thread, 2 cores shared with other developers' jobs; 2026-11-30):
+
+* this commit, one pair at load ~1.7-2 (the process got a full core: CPU time = wall time): llmpost 122.1 s
+  (scoring 72.7 s, generation + ROUGE 49.0 s, generation batch 1017) vs open-unlearning emulation 261.6 s:
+  2.14x wall, 2.14x CPU.
+* the same, alternating A/B/A/B at load 1.8-4.2: llmpost 218.9 / 187.5 s (the first overlapped a test run), open-
+  unlearning 253.5 / 291.1 s: 1.34x median, range 1.16-1.55x (wall time only; the llmpost runs drew the busier
+  minutes).
+* generation alone, 1017 prompts x 200 tokens, lean loop: batch 1017 143 s vs batch 32 193 s under load ~4, with
+  token lists identical between the two batch sizes (0 of 1017 differ).
+* before these changes: 94-104 s (llmpost) vs 155-170 s (open-unlearning) measured in the issue at a lighter load.
+
+The 3x target is not reached here: what is left is the model's own attention kernel (see Profile).
 """
 
 from __future__ import annotations
