@@ -48,11 +48,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.collators import pad_examples
 from ..data.files import DataError
 from ..data.tofu import TemplateArgs, encode_prompt, encode_qa, load_split
-from ..generation import GenerationBackend, generate_greedy, pad_token_id
+from ..generation import GenerationBackend, auto_generation_batch_size, generate_greedy, pad_token_id, progress_disabled
 from ..ops import logps_from_logits
 from ..utils import atomic_write_json
 from . import metrics as M
@@ -119,11 +120,28 @@ class AnswerStats:
     extraction_strength: float
 
 
-@torch.no_grad()
+def _equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` slices of at most ``batch_size`` consecutive examples of one length each.
+
+    Examples arrive sorted by length, so most slices are full; with no padding in a batch the model gets no attention
+    mask and SDPA runs its causal kernel, which skips the blocks above the diagonal (about half the attention work of
+    the masked kernel), and no padded positions are computed at all.
+    """
+    slices, start = [], 0
+    for i in range(1, len(lengths) + 1):
+        if i == len(lengths) or i - start == batch_size or lengths[i] != lengths[start]:
+            slices.append((start, i))
+            start = i
+    return slices
+
+
+@torch.inference_mode()
 def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) -> list[AnswerStats]:
     device, out = model_device(model), []
-    for start in range(0, len(examples), batch_size):
-        batch = pad_examples(examples[start : start + batch_size], pad_id)
+    bar = tqdm(total=len(examples), desc=f"score (batch {batch_size})", unit="answer", disable=progress_disabled(),
+               mininterval=5.0)  # fmt: skip
+    for start, end in _equal_length_batches([len(e["input_ids"]) for e in examples], batch_size):
+        batch = pad_examples(examples[start:end], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         logps, mask = logps_from_logits(logits, batch["labels"])
@@ -134,6 +152,8 @@ def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) ->
             avg_loss = float(-lp.mean()) if lp.size else None
             es = M.extraction_strength_score(preds[r][m][:-1].cpu().numpy(), targets[r][m][:-1].cpu().numpy())
             out.append(AnswerStats(avg_loss, lp[:-1], es))
+        bar.update(logits.shape[0])
+    bar.close()
     return out
 
 
@@ -239,16 +259,26 @@ def _score_splits(model, tokenizer, template, splits, batch_size, max_length) ->
 
 
 def _rouge_splits(model, tokenizer, template, splits, *, batch_size, max_length, max_new_tokens, stopwords, backend,
-                  vllm_model) -> dict[str, M.MetricResult]:  # fmt: skip
+                  vllm_model, generation_batch_size=None, generation_impl="auto") -> dict[str, M.MetricResult]:  # fmt: skip
     """Greedy generations for the forget / retain / ra / wf questions, scored against their answers."""
     items = [(n, _gen_item(tokenizer, template, r["question"], r["answer"], max_length))
              for n in ("forget", "retain", "ra", "wf") for r in splits[n]]  # fmt: skip
     gen_model = model
     if GenerationBackend(backend) == GenerationBackend.VLLM:
         gen_model = vllm_model if vllm_model is not None else getattr(model, "name_or_path", None)
+    if generation_batch_size is None:
+        longest = max((len(it.prompt_ids) for _, it in items), default=1)
+        generation_batch_size = batch_size
+        if GenerationBackend(backend) == GenerationBackend.TRANSFORMERS:
+            world_size, _ = world()
+            generation_batch_size = auto_generation_batch_size(model, -(-len(items) // world_size), longest, max_new_tokens,
+                                                               batch_size)  # fmt: skip
+    logger.info("TOFU: generating %d answers (batch size %d, %d threads)", len(items), generation_batch_size,
+                torch.get_num_threads())  # fmt: skip
     texts = sharded_map(
         lambda its: generate_greedy(gen_model, tokenizer, [it.prompt_ids for _, it in its], backend=backend,
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size, stopwords=stopwords),
+                                    max_new_tokens=max_new_tokens, batch_size=generation_batch_size,
+                                    stopwords=stopwords, impl=generation_impl),
         items,
         [len(it.prompt_ids) for _, it in items],
     )  # fmt: skip
@@ -319,6 +349,8 @@ def compute_tofu_metrics(
     generation_backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS,
     vllm_model: Any = None,
     max_examples: int | None = None,
+    generation_batch_size: int | None = None,
+    generation_impl: str = "auto",
 ) -> dict[str, M.MetricResult]:
     """All TOFU entries (the module table) as ``{key: {"agg_value", "value_by_index"}}``, keys sorted; writes nothing.
 
@@ -339,7 +371,8 @@ def compute_tofu_metrics(
             t0 = time.perf_counter()
             rouges = _rouge_splits(model, tokenizer, template, splits, batch_size=batch_size, max_length=max_length,
                                    max_new_tokens=max_new_tokens, stopwords=stopwords, backend=generation_backend,
-                                   vllm_model=vllm_model)  # fmt: skip
+                                   vllm_model=vllm_model, generation_batch_size=generation_batch_size,
+                                   generation_impl=generation_impl)  # fmt: skip
             logger.info("TOFU: generated and scored answers in %.1fs", time.perf_counter() - t0)
         else:
             logger.warning("TOFU: compute_generation=False: no ROUGE entries, so no model_utility")
@@ -380,6 +413,8 @@ def evaluate_tofu(
     generation_backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS,
     vllm_model: Any = None,
     max_examples: int | None = None,
+    generation_batch_size: int | None = None,
+    generation_impl: str = "auto",
 ) -> dict[str, float]:
     """Evaluate ``model`` on TOFU; write ``TOFU_EVAL.json`` / ``TOFU_SUMMARY.json`` to ``output_dir`` (rank 0, if
     given; existing files are replaced); return the summary ``{key: agg_value}``.
@@ -400,12 +435,17 @@ def evaluate_tofu(
             default); e.g. ``[template.asst_end_tag]``.
         generation_backend, vllm_model: ``"transformers"`` or ``"vllm"`` (:func:`llmpost.generation.generate_greedy`).
         max_examples: evaluate only the first rows of each split (quick checks and tests; not the benchmark).
+        generation_batch_size: rows per generation batch; ``None`` (default): ``batch_size`` for vLLM, else
+            :func:`llmpost.generation.auto_generation_batch_size` (at least ``batch_size``, as many as a memory budget
+            allows: a small model's step costs about the same for 32 or 1,000 rows).
+        generation_impl: ``"auto"`` / ``"lean"`` / ``"hf"`` (:func:`llmpost.generation.generate_greedy`'s ``impl``).
     """
     logs = compute_tofu_metrics(
         model, tokenizer, data_dir=data_dir, forget_split=forget_split, holdout_split=holdout_split,
         template=template, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
         retain_logs_path=retain_logs_path, compute_generation=compute_generation, stopwords=stopwords,
         generation_backend=generation_backend, vllm_model=vllm_model, max_examples=max_examples,
+        generation_batch_size=generation_batch_size, generation_impl=generation_impl,
     )  # fmt: skip
     size, rank = world()
     if output_dir is not None and rank == 0:
