@@ -139,7 +139,16 @@ def muse_template_answers(data_args: MuseArguments, tokenizer, forget, max_lengt
 
 
 def muse_evaluator(data_args: MuseArguments) -> Evaluator:
-    """The MUSE-News evaluation of a recipe's saved model, as an :data:`Evaluator`."""
+    """The MUSE-News evaluation of a recipe's saved model, as an :data:`Evaluator`. Its inputs (the evaluated splits,
+    the retrained model's log) are checked now, so that a missing file stops the recipe before training."""
+    if data_args.eval_after_training:
+        from .eval.muse import load_muse_eval_splits, resolve_reference_auc
+
+        load_muse_eval_splits(data_args.data_dir, data_args.eval_max_examples)
+        try:
+            resolve_reference_auc(data_args.eval_protocol, retain_logs_path=data_args.retain_logs_path)
+        except ValueError as e:  # RetainLogError: a log without a usable AUC
+            raise DataError(str(e)) from None
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
         from .eval.muse import evaluate_muse

@@ -35,6 +35,7 @@ def main(argv=None):
     model_args, data_args, ft_args, args = parse_config((ModelConfig, MuseArguments, FinetuneArguments, SFTConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+    evaluate = muse_evaluator(data_args)  # checks the evaluation's inputs before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     forget, retain = muse_train_chunks(data_args, tokenizer, args.max_length, include_forget=ft_args.include_forget)
     train = concatenate_datasets([forget, retain]) if forget is not None else retain
@@ -45,7 +46,7 @@ def main(argv=None):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    save_and_evaluate(trainer, muse_evaluator(data_args))
+    save_and_evaluate(trainer, evaluate)
 
 
 if __name__ == "__main__":

@@ -55,16 +55,16 @@ def forget_data(data_args, args, tokenizer, forget, retain):
     return ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
 
 
-def unlearn(model_args, data_args, args, tokenizer, dataset, model_path=None, end_training=True):
+def unlearn(model_args, args, tokenizer, dataset, evaluate, model_path=None, end_training=True):
     """Train one request from ``model_path`` (default: ``model_name_or_path``), save, evaluate; the summary."""
     dtype = model_args.dtype or "float32"
     model = load_model(model_args, args.trust_remote_code) if model_path is None else load_saved_model(model_path, dtype)
     trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    return save_and_evaluate(trainer, muse_evaluator(data_args), end_training=end_training)
+    return save_and_evaluate(trainer, evaluate, end_training=end_training)
 
 
-def sustainability(model_args, data_args, args, tokenizer, retain):
+def sustainability(model_args, data_args, args, tokenizer, retain, evaluate):
     if args.resume_from_checkpoint or not data_args.eval_after_training:
         raise ConfigError("sustainability: needs eval_after_training true and no resume_from_checkpoint")
     splits = [f"sust/forget_{k}" for k in range(1, data_args.sust_requests + 1)]
@@ -76,7 +76,7 @@ def sustainability(model_args, data_args, args, tokenizer, retain):
     for k, (split, dataset) in enumerate(zip(splits, datasets), start=1):
         request_args = copy.deepcopy(args)
         request_args.output_dir = os.path.join(args.output_dir, f"request_{k}")
-        summary = unlearn(model_args, data_args, request_args, tokenizer, dataset, model_path, end_training=k == len(splits))
+        summary = unlearn(model_args, request_args, tokenizer, dataset, evaluate, model_path, end_training=k == len(splits))
         model_path = request_args.output_dir
         if summary is not None:  # main process
             rows.append({"request": k, "forget_split": split, **summary})
@@ -91,12 +91,13 @@ def main(argv=None):
     model_args, data_args, args = parse_config((ModelConfig, MuseArguments, UnlearnConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+    evaluate = muse_evaluator(data_args)  # checks the evaluation's inputs before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     _, retain = muse_train_chunks(data_args, tokenizer, args.max_length, include_forget=False, include_retain=uses_retain(args))
     if data_args.sustainability:
-        return sustainability(model_args, data_args, args, tokenizer, retain)
+        return sustainability(model_args, data_args, args, tokenizer, retain, evaluate)
     forget, _ = muse_train_chunks(data_args, tokenizer, args.max_length, include_retain=False)
-    unlearn(model_args, data_args, args, tokenizer, forget_data(data_args, args, tokenizer, forget, retain))
+    unlearn(model_args, args, tokenizer, forget_data(data_args, args, tokenizer, forget, retain), evaluate)
 
 
 if __name__ == "__main__":
