@@ -137,3 +137,16 @@ def muse_report(runs: dict[str, str]) -> str:
 
     return format_table({name: load_summary(d, MUSE_SUMMARY, "llmpost eval muse") for name, d in runs.items()},
                         SUMMARY_KEYS)  # fmt: skip
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table, one row per dict, the given columns in order (floats to 4 significant digits, missing: -)."""
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

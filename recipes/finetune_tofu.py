@@ -20,7 +20,7 @@ from trl.trainer.utils import get_peft_config
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.tofu import TofuArguments
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import save_and_evaluate, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate, tofu_evaluator, tofu_train_splits
 from llmpost.utils import check_output_dir
 
 
@@ -43,7 +43,7 @@ def main(argv=None):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    save_and_evaluate(trainer, data_args)
+    save_and_evaluate(trainer, tofu_evaluator(data_args))
 
 
 if __name__ == "__main__":

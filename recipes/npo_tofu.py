@@ -21,7 +21,7 @@ from llmpost.data.tofu import TofuArguments
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import save_and_evaluate, tofu_template_answers, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate, tofu_evaluator, tofu_template_answers, tofu_train_splits
 from llmpost.utils import check_output_dir
 
 
@@ -38,7 +38,7 @@ def main(argv=None):
 
     trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    save_and_evaluate(trainer, data_args)
+    save_and_evaluate(trainer, tofu_evaluator(data_args))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,16 @@ def _types_for(config: Path):
         return (ModelConfig, TofuArguments, _recipe_types("finetune_tofu").FinetuneArguments, SFTConfig)
     if config.name.startswith("npo_tofu"):
         return UNLEARN
+    if config.name.startswith("finetune_muse"):
+        from trl import SFTConfig
+
+        from llmpost.data.muse import MuseArguments
+
+        return (ModelConfig, MuseArguments, _recipe_types("finetune_muse").FinetuneArguments, SFTConfig)
+    if config.name.startswith("npo_muse"):
+        from llmpost.data.muse import MuseArguments
+
+        return (ModelConfig, MuseArguments, UnlearnConfig)
     raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")
 
 
@@ -41,7 +51,8 @@ SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_there_are_shipped_configs():
-    assert {p.name for p in SHIPPED} >= {"npo_tofu.yaml", "npo_tofu_tiny.yaml", "finetune_tofu.yaml", "finetune_tofu_tiny.yaml"}
+    assert {p.name for p in SHIPPED} >= {"npo_tofu.yaml", "npo_tofu_tiny.yaml", "finetune_tofu.yaml", "finetune_tofu_tiny.yaml",
+                                       "npo_muse.yaml", "npo_muse_tiny.yaml", "finetune_muse.yaml", "finetune_muse_tiny.yaml"}
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)

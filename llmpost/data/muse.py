@@ -5,7 +5,8 @@ Splits are named as on the hub (``muse-bench/MUSE-News``: subset ``verbmem`` spl
 ``holdout``; ``raw``: ``forget``, ...). With ``data_dir`` they are read from the offline layout of
 ``../shared/data/muse_news`` (JSON files, not JSON lines): ``verbmem/forget.json`` ({prompt, gt} objects),
 ``knowmem/forget_qa.json`` and ``knowmem/retain2_qa.json`` ({question, answer}), ``knowmem/*_icl.json``,
-``privleak/{forget,retain2,holdout}.json`` and ``raw/forget.json`` (lists of strings). The names that muse_bench's own
+``privleak/{forget,retain2,holdout}.json``, ``raw/{forget,retain1,retain2,holdout}.json`` and
+``sust/forget_{1..4}.json`` (lists of strings). The names that muse_bench's own
 ``load_data.py`` writes (``knowmem/retain_qa.json``, ``privleak/retain.json``) are accepted too. Without ``data_dir``
 the hub dataset is loaded. Rows come back as dicts; a string list becomes ``{"text": ...}`` rows (the hub column).
 
@@ -15,7 +16,7 @@ protocols described in :mod:`llmpost.eval.muse`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -40,6 +41,11 @@ _SPLITS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...] | None]] =
     ("privleak", "retain"): (("privleak/retain2.json", "privleak/retain.json"), None),
     ("privleak", "holdout"): (("privleak/holdout.json",), None),
     ("raw", "forget"): (("raw/forget.json",), None),
+    ("raw", "retain1"): (("raw/retain1.json",), None),
+    ("raw", "retain2"): (("raw/retain2.json",), None),
+    ("raw", "holdout"): (("raw/holdout.json",), None),
+    **{("sust", f"forget_{k}"): ((f"sust/forget_{k}.json",), None) for k in range(1, 5)},
+    **{("scal", f"forget_{k}"): ((f"scal/forget_{k}.json",), None) for k in range(1, 5)},
 }  # fmt: skip
 
 
@@ -198,3 +204,68 @@ def privleak_item(tokenizer, text: str, protocol: MuseProtocol) -> ScoreItem:
     prefix = len(tokenizer("", add_special_tokens=True)["input_ids"])
     ids, first = ids[: prefix + OU_TEXT_MAX_LENGTH], max(1, prefix)
     return ScoreItem(ids, first, max(first, len(ids) - 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training data options (recipes/finetune_muse.py, recipes/npo_muse.py)
+
+DEFAULT_TEMPLATE_ANSWERS = (  # llmpost's built-in template answers for FLAT / IdkDPO on raw text (no MUSE source)
+    "I don't know.",
+    "I'm not sure.",
+    "I have no information about this.",
+    "I cannot recall anything about this.",
+    "I'm unable to continue this text.",
+)
+
+
+def muse_texts(split: str, data_dir: str | Path | None = None) -> list[str]:
+    """The texts of a MUSE raw-text split named ``subset/split`` (``raw/forget``, ``sust/forget_2``, ...)."""
+    subset, _, name = split.partition("/")
+    if not name:
+        raise DataError(f"MUSE split {split!r}: expected 'subset/split', e.g. 'raw/forget' or 'sust/forget_2'")
+    rows = load_muse_split(subset, name, data_dir)
+    if "text" not in rows[0]:
+        raise DataError(f"MUSE split {split!r} is not a text corpus (its rows have {sorted(rows[0])})")
+    return [r["text"] for r in rows]
+
+
+@dataclass
+class MuseArguments:
+    """Data and evaluation options of the MUSE recipes."""
+
+    data_dir: str | None = field(default=None, metadata={"help": f"MUSE-News directory (../shared layout); unset: hub {MUSE_NEWS_HUB_ID}."})
+    forget_split: str = field(default="raw/forget", metadata={"help": "Forget corpus, 'subset/split' (MUSE: raw/forget)."})
+    forget_text_indices: list[int] | None = field(
+        default=None, metadata={"help": "Only these documents of the forget corpus (tiny runs); unset: all."})
+    retain_split: str | None = field(
+        default="raw/retain1", metadata={"help": "Retain corpus, 'subset/split' (MUSE: raw/retain1); see retain_file."})
+    retain_file: str | None = field(
+        default=None, metadata={"help": "A local retain corpus (.txt, .json, .jsonl; llmpost.data.corpus); replaces retain_split."})
+    max_retain_texts: int | None = field(default=None, metadata={"help": "Only the first N retain documents; unset: all."})
+    template_answers_path: str | None = field(
+        default=None, metadata={"help": "FLAT / IdkDPO template answers, one per line; unset: llmpost's built-in list."})
+    template_prompt_tokens: int = field(
+        default=32, metadata={"help": "FLAT / IdkDPO: the first N tokens of a chunk are the prompt of its template answer."})
+    sustainability: bool = field(
+        default=False, metadata={"help": "MUSE C6: unlearn sust/forget_1..sust_requests one after another."})
+    sust_requests: int = field(default=4, metadata={"help": "Number of sequential requests (MUSE: 4)."})
+    retain_logs_path: str | None = field(default=None, metadata={"help": "Retrained model's MUSE_EVAL.json (privleak's reference AUC)."})
+    eval_after_training: bool = field(default=True, metadata={"help": "Run the MUSE evaluation on the saved model."})
+    eval_protocol: str = field(default="muse", metadata={"help": "muse (the benchmark's code) or open_unlearning."})
+    eval_max_examples: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N rows of each split (smoke tests; not the benchmark)."})
+    eval_verbmem_max_new_tokens: int = field(default=128, metadata={"help": "VerbMem generation length (MUSE: 128)."})
+    eval_knowmem_max_new_tokens: int = field(default=32, metadata={"help": "KnowMem generation length (MUSE: 32)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
+
+    def __post_init__(self):
+        if self.eval_protocol not in {p.value for p in MuseProtocol}:
+            raise ValueError(f"eval_protocol: must be one of {[p.value for p in MuseProtocol]}, got {self.eval_protocol!r}")
+        for name in ("template_prompt_tokens", "eval_verbmem_max_new_tokens", "eval_knowmem_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.sust_requests <= 4:
+            raise ValueError(f"sust_requests: must be in [1, 4] (MUSE-News has sust/forget_1..4), got {self.sust_requests}")
+        for name in ("max_retain_texts", "eval_max_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
