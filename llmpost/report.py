@@ -55,13 +55,15 @@ def format_table(runs: dict[str, dict], keys=TABLE_KEYS) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(runs: dict[str, dict], keys=TABLE_KEYS) -> str:
-    """The same table in Markdown: a row per run, a column per metric (4 significant digits, '-' where missing)."""
+def markdown_table(runs: dict[str, dict], keys=TABLE_KEYS, first_column: str = "run") -> str:
+    """A Markdown table: a row per named run, a column per key (numbers to 4 significant digits, '-' where missing)."""
 
     def fmt(v):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
 
-    lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = [f"| {first_column} | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {name} | " + " | ".join(fmt(s.get(k)) for k in keys) + " |" for name, s in runs.items()]
     return "\n".join(lines)
 
@@ -137,16 +139,3 @@ def muse_report(runs: dict[str, str]) -> str:
 
     return format_table({name: load_summary(d, MUSE_SUMMARY, "llmpost eval muse") for name, d in runs.items()},
                         SUMMARY_KEYS)  # fmt: skip
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table, one row per dict, the given columns in order (floats to 4 significant digits, missing: -)."""
-
-    def cell(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

@@ -40,7 +40,13 @@ from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.eval.muse import SUMMARY_KEYS
 from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.models import load_model, load_saved_model, load_tokenizer
-from llmpost.pipeline import label_after_prefix, muse_evaluator, muse_template_answers, muse_train_chunks, save_and_evaluate
+from llmpost.pipeline import (
+    label_after_prefix,
+    muse_evaluator,
+    muse_template_answers,
+    muse_train_chunks,
+    save_and_evaluate,
+)
 from llmpost.report import markdown_table
 from llmpost.utils import atomic_write_json, atomic_write_text, check_output_dir
 
@@ -80,11 +86,11 @@ def sustainability(model_args, data_args, args, tokenizer, retain, evaluate):
         model_path = request_args.output_dir
         if summary is not None:  # main process
             rows.append({"request": k, "forget_split": split, **summary})
-            columns = ["request", "forget_split", *SUMMARY_KEYS]
+            table = markdown_table({r["request"]: r for r in rows}, ("forget_split", *SUMMARY_KEYS), "request")
             atomic_write_json(os.path.join(args.output_dir, "SUSTAINABILITY.json"), {"method": args.method.value, "requests": rows})
-            atomic_write_text(os.path.join(args.output_dir, "SUSTAINABILITY.md"), markdown_table(rows, columns))
+            atomic_write_text(os.path.join(args.output_dir, "SUSTAINABILITY.md"), table + "\n")
     if rows:
-        print(markdown_table(rows, ["request", "forget_split", *SUMMARY_KEYS]))
+        print(table)
 
 
 def main(argv=None):
