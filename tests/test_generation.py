@@ -16,12 +16,7 @@ TEXTS = ["Once upon a time", "The dog ran to the big red ball and", "Lily was sa
          "One day, a little girl named Sue found a shiny"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

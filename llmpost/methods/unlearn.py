@@ -275,13 +275,13 @@ class UnlearnTrainer(Trainer):
             forget = simnpo_loss(seq, f_mask.sum(-1), args.simnpo_beta, args.simnpo_delta)
         elif method == UnlearnMethod.FLAT:
             (t_logps, t_mask) = split["template"]
+            t_probs, f_probs = t_logps.exp(), f_logps.exp()
+            p_template, p_forget = masked_mean(t_probs, t_mask), masked_mean(f_probs, f_mask)
             if args.flat_reduction == FlatReduction.BATCH:
-                forget = flat_batch_loss(t_logps.exp(), t_mask, f_logps.exp(), f_mask, args.flat_divergence).reshape(1)
+                forget = flat_batch_loss(t_probs, t_mask, f_probs, f_mask, args.flat_divergence).reshape(1)
             else:
-                p_template, p_forget = masked_mean(t_logps.exp(), t_mask), masked_mean(f_logps.exp(), f_mask)
                 forget = flat_loss(p_template, p_forget, args.flat_divergence)
-            metrics["template_prob"] = masked_mean(t_logps.exp(), t_mask).detach()
-            metrics["forget_prob"] = masked_mean(f_logps.exp(), f_mask).detach()
+            metrics["template_prob"], metrics["forget_prob"] = p_template.detach(), p_forget.detach()
         elif method == UnlearnMethod.IDK_DPO:
             chosen = sequence_logps(*split["template"])
             ref_chosen, ref_rejected = self._ref_logps(inputs, "template"), self._ref_logps(inputs, "forget")
