@@ -1,6 +1,9 @@
-"""The lean greedy loop (llmpost.generation, impl="lean") against ``model.generate(do_sample=False)`` (impl="hf") on the
-tiny real Llama: token-identical outputs with left padding, without padding, with stop words, with per-row EOS
-finishing (and early exit), through a LoRA adapter; automatic fallback to ``generate`` where the loop could differ."""
+"""The lean loop (llmpost.generation, impl="lean") against ``model.generate`` (impl="hf") on the tiny real Llama, greedy
+(``do_sample=False``): token-identical outputs with left padding, without padding, with stop words, with per-row EOS
+finishing (and early exit), through a LoRA adapter; automatic fallback to ``generate`` where the loop could differ.
+Sampling (``do_sample=True``, temperature/top-k/top-p): token-identical to ``generate`` under the same seed, with left
+padding and EOS finishing; ``generate_samples``'s seeding contract, order, greedy case, token counts, progress and
+argument validation."""
 
 from __future__ import annotations
 
@@ -139,3 +142,111 @@ def test_equal_length_scoring_batches():
 
     assert _equal_length_batches([5, 5, 5, 4, 4, 2], 2) == [(0, 2), (2, 3), (3, 5), (5, 6)]
     assert _equal_length_batches([3], 8) == [(0, 1)] and _equal_length_batches([], 8) == []
+
+
+# ---- sampling (generate_samples, the lean loop with sampling) -------------------------------------------------------
+
+SAMPLINGS = [G.Sampling(), G.Sampling(temperature=0.7, top_k=5, top_p=0.9), G.Sampling(temperature=1.3, top_p=0.8)]
+
+
+def _hf_sample(model, tok, input_ids, mask, s: G.Sampling, max_new_tokens, eos):
+    return model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=s.temperature,
+                          top_p=s.top_p, top_k=s.top_k, max_new_tokens=max_new_tokens, max_length=None,
+                          pad_token_id=G.pad_token_id(tok), eos_token_id=eos)[:, input_ids.shape[1]:]  # fmt: skip
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["plain", "topk-topp", "topp"])
+def test_lean_sampling_matches_generate(model, tokenizer, prompts, sampling):
+    pad, eos = G.pad_token_id(tokenizer), [tokenizer.eos_token_id]
+    input_ids, mask = G.transformers_backend._left_pad(prompts, [1, 4, 0, 2], pad, model.device)  # left padding
+    assert (mask == 0).any()
+    torch.manual_seed(11)
+    lean = G.lean._lean_decode(model, input_ids, mask, 30, pad, eos, None, sampling)
+    torch.manual_seed(11)
+    assert torch.equal(lean, _hf_sample(model, tokenizer, input_ids, mask, sampling, 30, eos))
+    torch.manual_seed(12)
+    assert not torch.equal(lean, G.lean._lean_decode(model, input_ids, mask, 30, pad, eos, None, sampling))
+    # Through the batching layer (two batches, each reseeded): impl="lean" and impl="hf" (generate) agree.
+    run = {impl: G._generate_transformers(model, tokenizer, prompts, 30, 2, None, impl, sampling=sampling, seed=5)
+           for impl in ("lean", "hf")}  # fmt: skip
+    assert run["lean"] == run["hf"]
+
+
+def test_lean_sampling_matches_generate_with_eos_finishing(model, tokenizer, prompts):
+    m = copy.deepcopy(model)
+    period = tokenizer.convert_tokens_to_ids(".")  # a token every story emits soon: rows finish at different steps
+    m.generation_config.eos_token_id = [tokenizer.eos_token_id, period]
+    s = G.Sampling(temperature=0.9, top_k=20, top_p=0.95)
+    lean = G._generate_transformers(m, tokenizer, prompts, 60, 5, None, "lean", sampling=s, seed=1)
+    assert lean == G._generate_transformers(m, tokenizer, prompts, 60, 5, None, "hf", sampling=s, seed=1)
+    pad = G.pad_token_id(tokenizer)
+    assert max(len(r) for r in lean) < 60  # every row finished: the loop stopped early
+    assert len({r.index(period) for r in lean}) > 1  # ... at different steps
+    for row in lean:
+        end = row.index(period) + 1
+        assert all(t == pad for t in row[end:])  # finished rows are padded, as generate() does
+    _, count = G.generate_samples(m, tokenizer, prompts, n=1, max_new_tokens=60, batch_size=5, seed=1,
+                                  temperature=0.9, top_k=20, top_p=0.95, return_token_counts=True)  # fmt: skip
+    assert count == sum(r.index(period) + 1 for r in lean)
+
+
+def test_generate_samples_seeding_order_and_rng(model, tokenizer, prompts):
+    kw = dict(n=3, max_new_tokens=20, batch_size=3)
+    state = torch.get_rng_state()
+    a = G.generate_samples(model, tokenizer, prompts, seed=7, **kw)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    torch.manual_seed(123)  # ... and does not matter
+    assert G.generate_samples(model, tokenizer, prompts, seed=7, **kw) == a
+    b = G.generate_samples(model, tokenizer, prompts, seed=8, **kw)
+    assert len(a) == len(prompts) and all(len(s) == 3 for s in a) and a != b
+    assert all(len(set(s)) == 3 for s in a)  # a prompt's samples differ
+    # batch_size == n: each batch is one prompt's n rows, longest prompt first, batch b seeded with seed + b.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for b_index, i in enumerate(order[:2]):
+        assert G.generate_samples(model, tokenizer, [prompts[i]], seed=7 + b_index, **kw) == [a[i]]
+
+
+def test_generate_samples_greedy_counts_stopwords_and_progress(model, tokenizer, prompts, monkeypatch):
+    greedy = G.generate_greedy(model, tokenizer, prompts, max_new_tokens=15)
+    out, count = G.generate_samples(model, tokenizer, prompts, n=2, temperature=0, max_new_tokens=15,
+                                    return_token_counts=True)  # fmt: skip
+    assert out == [[g, g] for g in greedy] and count == 15 * len(prompts)  # greedy computed once per prompt
+    sampled, count = G.generate_samples(model, tokenizer, prompts, n=2, max_new_tokens=15, return_token_counts=True)
+    assert count == 2 * 15 * len(prompts)  # the untuned model never emits EOS
+    word = sampled[0][0].split()[1]
+    cut = G.generate_samples(model, tokenizer, prompts, n=2, max_new_tokens=15, stopwords=[word])
+    assert cut[0][0] == sampled[0][0].split(word)[0].strip() and all(word not in t for s in cut for t in s)
+    ticks = []
+
+    class Bar:  # records the progress bar's unit and updates
+        def __init__(self, total, desc, unit):
+            ticks.append((total, unit))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            ticks.append(k)
+
+    monkeypatch.setattr(G.transformers_backend, "_progress", Bar)
+    G.generate_samples(model, tokenizer, prompts, n=3, max_new_tokens=2, batch_size=4)
+    assert ticks == [(15, "sample"), 4, 4, 4, 3]  # one tick per batch of rows
+
+
+def test_generate_samples_validation_empty_and_missing_vllm(model, tokenizer, prompts):
+    bad = dict(n=0, temperature=-0.1, top_p=0.0, top_k=-1, max_new_tokens=0, batch_size=0)
+    for name, value in {**bad, "top_p": 1.5}.items():
+        with pytest.raises(ValueError, match=f": {name} must be"):
+            G.generate_samples(model, tokenizer, prompts, **{name: value})
+    assert G.generate_samples(model, tokenizer, [], n=4) == []
+    assert G.generate_samples(model, tokenizer, [], return_token_counts=True) == ([], 0)
+    with pytest.raises(ValueError):
+        G.generate_samples(model, tokenizer, prompts, backend="tgi")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install llmpost\[vllm\]"):
+            G.generate_samples("some/model", tokenizer, prompts, n=2, backend="vllm")
