@@ -1,0 +1,182 @@
+"""The supervised fine-tuning trainer with per-example weights: cross-entropy (N = 1) and DCO (arXiv 2502.07154).
+
+One row per example (no packing, no padding-free batches): the DCO weight needs each answer's whole-sequence
+probability. Labels cover the answer tokens and EOS only (:func:`llmpost.data.math.tokenize_math`).
+
+Per micro-batch of B examples the trainer computes, with ``p_i`` the probability of answer ``i`` under the current
+model (teacher-forced, detached):
+
+    loss = mean_i F(N, p_i) * NLL_i          NLL_i: token-mean (default, the authors') or token-sum (dco_reduction)
+
+and ``transformers.Trainer`` averages it over the gradient-accumulation steps (``loss_is_scaled_for_ga = False``), so an
+optimizer step sees the mean over the global batch. With N = 1 this is plain SFT (token-mean cross-entropy averaged per
+example, as the authors' baseline; TRL's SFTTrainer instead averages over all tokens of the batch).
+
+**The authors' filter** (``dco_filter``, on by default as in their ``filter_fn_NCO``): before each optimizer step, the
+trainer scores candidate micro-batches from the data loader with the model in eval mode (no gradient), keeps the
+examples whose weight ``F(N, p)`` exceeds ``dco_threshold`` (0.1), and keeps drawing candidates until a full global
+batch (per_device_train_batch_size x gradient_accumulation_steps x processes) is kept; surplus kept examples wait in a
+queue for the next step (also across epochs, as in the authors' code). The kept dataset indices are all-gathered, so
+every process holds the same queue and takes a disjoint slice of it: every optimizer step sees a full global batch of
+distinct examples, exactly as in a run without the filter. An epoch ends when the data loader is exhausted; a last
+incomplete batch waits in the queue. The weight in the loss is recomputed in the training forward (identical to the
+scoring one unless the example waited in the queue across an update).
+
+Consequences to know: an epoch has fewer optimizer steps than without the filter, so the schedule planned by
+``transformers`` (``max_steps``, a decaying learning rate) assumes more steps than run (the authors use a constant
+schedule after warm-up); and resuming a filtered run from a checkpoint is refused (the number of data-loader batches a
+step consumed is not recorded by ``Trainer``); resuming with ``dco_filter: false`` is exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+from trl.trainer.utils import add_fused_lm_head
+
+from ..data.collators import pad_examples
+from ..generation import pad_token_id
+from ..ops import token_logps
+from .dco import DCOReduction, dco_loss, dco_weight
+
+
+@dataclass
+class DCOConfig(TrainingArguments):
+    """Training arguments for SFT / DCO. Defaults follow the DCO authors' MATH setup (arXiv 2502.07154; their README)."""
+
+    dco_n: int = field(default=16, metadata={"help": "pass@N budget N of the DCO weight (1: plain cross-entropy)."})
+    dco_reduction: DCOReduction = field(default=DCOReduction.TOKEN_MEAN, metadata={"help": "token_mean (authors) or token_sum (exact gradient)."})
+    dco_filter: bool = field(default=True, metadata={"help": "Drop examples with weight <= dco_threshold and refill the batch (authors' default)."})
+    dco_threshold: float = field(default=0.1, metadata={"help": "Filter threshold on F(N, p) (authors: 0.1)."})
+    max_length: int = field(default=1024, metadata={"help": "Maximum tokens per prompt+answer (longer rows are truncated)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
+    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the 'index' column is used."})
+
+    def __post_init__(self):
+        try:
+            self.dco_reduction = DCOReduction(self.dco_reduction)
+        except ValueError:
+            raise ValueError(f"dco_reduction: {self.dco_reduction!r} is not one of {[r.value for r in DCOReduction]}") from None
+        if self.dco_n < 1:
+            raise ValueError(f"dco_n: must be an integer >= 1, got {self.dco_n}")
+        if not 0 <= self.dco_threshold < 1:
+            raise ValueError(f"dco_threshold: must be in [0, 1), got {self.dco_threshold}")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length: must be > 0, got {self.max_length}")
+        self.remove_unused_columns = False
+        super().__post_init__()
+
+    @property
+    def filtering(self) -> bool:
+        return self.dco_filter and self.dco_n > 1 and self.dco_threshold > 0
+
+
+class _Collator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return pad_examples([{k: r[k] for k in ("input_ids", "labels", "attention_mask", "index")} for r in rows], self.pad_id)
+
+
+class DCOTrainer(Trainer):
+    """SFT with DCO weights. ``train_dataset`` holds tokenised rows (``input_ids``, ``labels``, ``attention_mask``,
+    ``index`` = row number), e.g. from :func:`llmpost.data.math.tokenize_math`."""
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+
+    def __init__(self, model, args: DCOConfig, train_dataset, processing_class, peft_config=None, **kwargs):
+        if args.fused_lm_head:
+            add_fused_lm_head(model)  # must precede PEFT wrapping
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if "index" not in train_dataset.column_names or train_dataset["index"] != list(range(len(train_dataset))):
+            raise ValueError("DCOTrainer: train_dataset needs an 'index' column equal to the row number")
+        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                         data_collator=_Collator(pad_token_id(processing_class)), **kwargs)  # fmt: skip
+        self.fused = args.fused_lm_head
+        self._metrics = defaultdict(list)
+        self._queue: list[int] = []  # kept dataset indices waiting for an optimizer step (identical on every process)
+        self._filter_counts = torch.zeros(2)  # scored, kept since the last log
+
+    def train(self, resume_from_checkpoint=None, *a, **kw):
+        if resume_from_checkpoint and self.args.filtering:
+            raise ValueError("resuming a run with dco_filter: true is not supported (the filter makes the number of data "
+                             "batches per step vary, which Trainer's resume does not record); restart it, or train with "
+                             "dco_filter: false")  # fmt: skip
+        return super().train(resume_from_checkpoint, *a, **kw)
+
+    # ----- loss ------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: DCOConfig = self.args
+        logps, mask = token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], fused=self.fused)
+        loss, weight = dco_loss(logps, mask, args.dco_n, args.dco_reduction)
+        if args.logging_strategy != "no":
+            seq = (logps * mask).sum(-1).detach()
+            self._metrics["dco_weight"].append(weight.float().mean())
+            self._metrics["answer_prob"].append(seq.exp().mean())
+            self._metrics["nll"].append((-seq / mask.sum(-1).clamp(min=1)).mean())
+        return loss.mean()
+
+    # ----- the authors' filter ---------------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if not self.args.filtering:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        per_device = self.args.per_device_train_batch_size
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        need = per_device * self.args.gradient_accumulation_steps * world
+        while len(self._queue) < need:
+            batch = next(epoch_iterator, None)
+            exhausted = torch.tensor([batch is None], dtype=torch.float32, device=self.accelerator.device)
+            if world > 1:
+                exhausted = self.accelerator.gather(exhausted).max()
+            if bool(exhausted):  # every process stops drawing together; the partial queue waits for the next epoch
+                return [], None
+            self._queue.extend(self._score_and_keep(batch, per_device))
+        take, self._queue = self._queue[:need], self._queue[need:]
+        samples = []
+        for m in range(self.args.gradient_accumulation_steps):
+            start = (m * world + rank) * per_device
+            rows = [self.train_dataset[i] for i in take[start : start + per_device]]
+            samples.append({k: v.to(device) for k, v in self.data_collator(rows).items()})
+        return samples, None
+
+    @torch.no_grad()
+    def _score_and_keep(self, batch, per_device: int) -> list[int]:
+        """Weights of one candidate micro-batch per process; the kept indices of every process, in process order."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused)
+        finally:
+            model.train(was_training)
+        weight = dco_weight(self.args.dco_n, (logps * mask).sum(-1).double().exp())
+        kept = batch["index"][(weight > self.args.dco_threshold).to(batch["index"].device)]
+        padded = torch.full((per_device,), -1, dtype=torch.long, device=self.accelerator.device)
+        padded[: len(kept)] = kept
+        scored = torch.tensor([float(len(weight))], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            padded, scored = self.accelerator.gather(padded), self.accelerator.gather(scored).sum()
+        kept_all = [i for i in padded.tolist() if i >= 0]
+        self._filter_counts += torch.tensor([float(scored), float(len(kept_all))])
+        return kept_all
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Called on every process at the same steps, so the gather below cannot deadlock.
+        if self._metrics and "loss" in logs:
+            local = torch.stack([torch.stack(vals).mean() for vals in self._metrics.values()])
+            means = self.accelerator.gather(local[None]).mean(0).tolist()
+            logs.update(dict(zip(self._metrics, means)))
+            self._metrics.clear()
+        if self.args.filtering and "loss" in logs and self._filter_counts[0] > 0:
+            scored, kept = self._filter_counts.tolist()  # already global: gathered when scored
+            logs.update({"filter_scored": scored, "filter_kept_fraction": kept / scored})
+            self._filter_counts.zero_()
+        super().log(logs, start_time)
