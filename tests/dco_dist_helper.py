@@ -1,0 +1,56 @@
+"""Run ``recipes/dco_math.py`` unchanged, recording what each process trained on (used by test_dco_distributed.py).
+
+Launched like the recipe (``python`` or ``accelerate launch``, same arguments). The recipe's ``DCOTrainer`` is swapped
+for a subclass that records, on every ``compute_loss`` call, the optimizer step and the ``index`` values of this
+process's micro-batch; after ``train()`` it writes ``rank{R}.json`` (records, world size) and ``rank{R}.pt`` (every
+parameter) into ``$LLMPOST_DIST_DUMP_DIR``. Nothing here changes the training itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from llmpost.config import run_main
+from llmpost.methods.sft import DCOTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RecordingDCOTrainer(DCOTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[dict] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen.append({"step": self.state.global_step, "index": inputs["index"].tolist()})
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def train(self, *args, **kwargs):
+        out = super().train(*args, **kwargs)
+        dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
+        rank = self.accelerator.process_index
+        record = {"rank": rank, "world_size": self.accelerator.num_processes, "seen": self.seen,
+                  "kept_fraction": [h["filter_kept_fraction"] for h in self.state.log_history if "filter_kept_fraction" in h]}  # fmt: skip
+        (dump / f"rank{rank}.json").write_text(json.dumps(record))
+        model = self.accelerator.unwrap_model(self.model)
+        torch.save({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, dump / f"rank{rank}.pt")
+        return out
+
+
+def main():
+    spec = importlib.util.spec_from_file_location("dco_math", REPO / "recipes" / "dco_math.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    recipe.DCOTrainer = RecordingDCOTrainer
+    run_main(recipe.main, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Tier 3: ``recipes/dco_math.py`` with the authors' filter on two CPU processes under DDP, against one process.
+
+The filter scores candidate micro-batches on every rank, all-gathers the kept indices and splits one shared queue, so
+per optimizer step the two ranks must train on disjoint rows whose union is exactly the single-process step's rows (the
+same global batch: 2 processes x 2 rows vs 1 process x 4 rows, 2 accumulation steps), end with identical weights,
+and those weights must match the single-process run's. The starting model is the tiny model after a few
+cross-entropy epochs (a module fixture), so that answer probabilities are ~1e-2 and the threshold really drops rows
+(checked: the logged kept fraction is below 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = ROOT / "tests" / "dco_dist_helper.py"
+pytestmark = pytest.mark.slow
+
+
+def _args(model: Path | str, out: Path, per_device: int, **overrides) -> list[str]:
+    values = {"model_name_or_path": str(model), "output_dir": str(out), "task": "arithmetic",
+              "arithmetic_train_size": 64, "target": "direct", "max_length": 64, "per_device_train_batch_size": per_device,
+              "gradient_accumulation_steps": 2, "learning_rate": 1e-3, "max_steps": 3, "dco_n": 16,
+              "dco_threshold": 0.6, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+              "eval_after_training": "false", "seed": 0, "bf16": "false"}  # fmt: skip
+    values.update(overrides)
+    return [x for k, v in values.items() for x in (f"--{k}", str(v))]
+
+
+def _env(dump: Path, use_cpu: bool) -> dict:
+    env = dict(os.environ, LLMPOST_DIST_DUMP_DIR=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")  # fmt: skip
+    env.pop("ACCELERATE_USE_CPU", None)
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return env
+
+
+def _run(cmd, dump: Path, world: int, use_cpu: bool = True) -> list[dict]:
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(dump, use_cpu), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    files = sorted(p.name for p in dump.glob("rank*.json"))
+    assert files == [f"rank{r}.json" for r in range(world)]
+    return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
+            for r in range(world)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    dump = tmp_path_factory.mktemp("warm")
+    cmd = [sys.executable, str(HELPER), *_args(TINY_MODEL, dump / "out", 8, dco_n=1, max_steps=40, learning_rate=3e-3,
+                                               gradient_accumulation_steps=1, use_cpu="true")]  # fmt: skip
+    _run(cmd, dump, 1)
+    return dump / "out"
+
+
+def _steps(rank: dict) -> dict[int, list[int]]:
+    out = defaultdict(list)
+    for rec in rank["seen"]:
+        out[rec["step"]] += rec["index"]
+    return out
+
+
+def test_ddp_filter_matches_one_process(warm, tmp_path_factory):
+    d1 = tmp_path_factory.mktemp("single")
+    (single,) = _run([sys.executable, str(HELPER), *_args(warm, d1 / "out", 4, use_cpu="true")], d1, 1)
+    d2 = tmp_path_factory.mktemp("ddp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp.yaml",
+           "--num_processes", "2", "--main_process_port", str(port), str(HELPER), *_args(warm, d2 / "out", 2)]
+    ranks = _run(cmd, d2, 2)
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert single["kept_fraction"] and min(single["kept_fraction"]) < 1  # the filter really dropped rows
+    one, a, b = _steps(single), _steps(ranks[0]), _steps(ranks[1])
+    assert sorted(one) == sorted(a) == sorted(b) == [0, 1, 2]
+    for step in one:
+        assert len(a[step]) == len(b[step]) == 4 and not set(a[step]) & set(b[step])  # disjoint halves
+        assert sorted(a[step] + b[step]) == sorted(one[step])  # the same global batch as one process
+        assert len(set(one[step])) == 8
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key  # ranks agree bitwise
+    moved = sum((single["state"][k] - torch.load(d1 / "rank0.pt")[k]).norm() for k in single["state"])  # 0 here
+    diff = sum((ranks[0]["state"][k] - single["state"][k]).norm() ** 2 for k in single["state"]) ** 0.5
+    assert moved == 0 and diff < 1e-4  # DDP's weights match the single process's (fp32, only reduction order differs)
