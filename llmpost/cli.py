@@ -1,4 +1,4 @@
-"""The ``llmpost`` command: ``llmpost eval {tofu,muse} ...`` and ``llmpost report {tofu,muse} ...``.
+"""The ``llmpost`` command: ``llmpost eval {tofu,muse,math} ...`` and ``llmpost report {tofu,muse,math} ...``.
 
 Example (offline, base-model template)::
 
@@ -7,6 +7,8 @@ Example (offline, base-model template)::
     llmpost eval muse --model_name_or_path out/npo_muse --data_dir ../shared/data/muse_news \\
         --output_dir out/npo_muse/eval
     llmpost report muse --run target=out/target/eval --run npo=out/npo_muse/eval
+    llmpost eval math --model_name_or_path out/dco_math --data_file ../shared/data/math/math500_test.jsonl \\
+        --num_samples 16 --output_dir out/dco_math/eval_math          (flags: llmpost.eval.math_cli)
 
 Bad input (a missing model path, split file or retain log, an unknown flag, an output directory that already holds
 results) stops with a message naming it and exit status 2, before anything is written. Template strings and stop words
@@ -360,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="A run: its name and the directory holding its MUSE_SUMMARY.json (repeat, in order).")
     rmuse.add_argument("--output", default=None, help="Also write the table to this text file.")
     rmuse.set_defaults(func=run_report_muse)
+
+    from .eval.math_cli import add_math_parsers  # each benchmark's flags live with its eval module
+
+    add_math_parsers(benchmarks, report_benchmarks)
     return parser
 
 

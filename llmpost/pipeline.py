@@ -163,6 +163,30 @@ def muse_evaluator(data_args: MuseArguments) -> Evaluator:
     return evaluate if data_args.eval_after_training else None
 
 
+def math_evaluator(data_args) -> Evaluator | None:
+    """pass@k on the configured MATH (or synthetic arithmetic) test problems, as an :data:`Evaluator`; ``data_args``
+    is a :class:`llmpost.data.math.MathArguments`. The problems are loaded now, so a bad file stops the recipe before
+    training."""
+    if not data_args.eval_after_training:
+        return None
+    problems = data_args.problems("test")
+
+    def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
+        from .eval.math import evaluate_math
+
+        return evaluate_math(
+            model, tokenizer, problems, data_args, output_dir=eval_dir, num_samples=data_args.eval_num_samples,
+            temperature=data_args.eval_temperature, top_p=data_args.eval_top_p,
+            max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
+            batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+            backend=data_args.generation_backend,
+            vllm_model=args.output_dir if data_args.generation_backend == "vllm" else None,
+            max_problems=data_args.eval_max_problems,
+        )  # fmt: skip
+
+    return evaluate
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Saving and evaluating
 

@@ -44,6 +44,11 @@ def _types_for(config: Path):
         from llmpost.data.muse import MuseArguments
 
         return (ModelConfig, MuseArguments, UnlearnConfig)
+    if config.name.startswith("dco_math"):
+        from llmpost.data.math import MathArguments
+        from llmpost.methods.sft import DCOConfig
+
+        return (ModelConfig, MathArguments, DCOConfig)
     raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")
 
 
@@ -52,7 +57,8 @@ SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_there_are_shipped_configs():
     assert {p.name for p in SHIPPED} >= {"npo_tofu.yaml", "npo_tofu_tiny.yaml", "finetune_tofu.yaml", "finetune_tofu_tiny.yaml",
-                                       "npo_muse.yaml", "npo_muse_tiny.yaml", "finetune_muse.yaml", "finetune_muse_tiny.yaml"}
+                                       "npo_muse.yaml", "npo_muse_tiny.yaml", "finetune_muse.yaml", "finetune_muse_tiny.yaml",
+                                       "dco_math.yaml", "dco_math_tiny.yaml"}
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)

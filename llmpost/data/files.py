@@ -17,14 +17,15 @@ class DataError(ValueError):
     """A split, file or column is missing or malformed. The message names which and where."""
 
 
-def _first_bad_jsonl_line(path: Path) -> str | None:
-    """Describe the first line of a JSON-lines file that is not one JSON object, or None if every line is."""
+def _jsonl_objects(path: Path):
+    """``(line number, object or error description)`` for each non-blank line of a JSON-lines file."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                return f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})"
+                yield lineno, f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})"
+                continue
             if not line.strip():
                 continue
             try:
@@ -32,10 +33,29 @@ def _first_bad_jsonl_line(path: Path) -> str | None:
             except json.JSONDecodeError as e:
                 shown = line.strip()
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                return f"line {lineno}, column {e.colno}: not valid JSON ({e.msg}): {shown!r}"
+                yield lineno, f"line {lineno}, column {e.colno}: not valid JSON ({e.msg}): {shown!r}"
+                continue
             if not isinstance(obj, dict):
-                return f"line {lineno}: expected a JSON object, got {type(obj).__name__}"
-    return None
+                yield lineno, f"line {lineno}: expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield lineno, obj
+
+
+def _first_bad_jsonl_line(path: Path) -> str | None:
+    """Describe the first line of a JSON-lines file that is not one JSON object, or None if every line is."""
+    return next((obj for _, obj in _jsonl_objects(path) if isinstance(obj, str)), None)
+
+
+def iter_jsonl(path: str | Path):
+    """``(line number, dict)`` for each line of a JSON-lines file, parsed by ``json`` as written (no type inference
+    across lines, unlike ``datasets``); a malformed line raises :class:`DataError` naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    for lineno, obj in _jsonl_objects(path):
+        if isinstance(obj, str):
+            raise DataError(f"{path}: {obj}")
+        yield lineno, obj
 
 
 def load_jsonl(path: str | Path) -> datasets.Dataset:
