@@ -8,6 +8,7 @@ parameter) into ``$LLMPOST_DIST_DUMP_DIR``. Nothing here changes the training it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -37,10 +38,19 @@ class RecordingDCOTrainer(DCOTrainer):
         dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
         rank = self.accelerator.process_index
         record = {"rank": rank, "world_size": self.accelerator.num_processes, "seen": self.seen,
+                  "zero3": any(hasattr(p, "ds_id") for p in self.model.parameters()),
                   "kept_fraction": [h["filter_kept_fraction"] for h in self.state.log_history if "filter_kept_fraction" in h]}  # fmt: skip
         (dump / f"rank{rank}.json").write_text(json.dumps(record))
-        model = self.accelerator.unwrap_model(self.model)
-        torch.save({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, dump / f"rank{rank}.pt")
+        params = list(self.model.parameters())
+        zero3 = any(hasattr(p, "ds_id") for p in params)
+        gathered = contextlib.nullcontext()
+        if zero3:  # each rank holds a shard: gather on every rank
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        with gathered:
+            state = {n: p.detach().to("cpu", torch.float32).clone() for n, p in self.model.named_parameters()}
+        torch.save(state, dump / f"rank{rank}.pt")
         return out
 
 

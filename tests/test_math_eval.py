@@ -155,3 +155,25 @@ def test_eval_and_report_commands_on_the_trained_model(trained, tmp_path):
     table = (tmp_path / "t.md").read_text()
     assert "| after |" in table and "pass@16" in table and png.stat().st_size > 10_000
     assert math.isclose(mine["accuracy"], mine["pass@k"]["1"]["mean"])
+
+
+def test_prompts_base_and_chat_template(tokenizer):
+    import copy
+
+    from llmpost.data.math import MathTemplateArgs, math_prompts, target_text, tokenize_math
+
+    rows = arithmetic_problems("test", 2)
+    base = tokenizer.decode(math_prompts(rows, tokenizer, MathTemplateArgs(), 128)[0], skip_special_tokens=True)
+    assert base == "Problem: What is 21 + 28?\nGive the final answer in \\boxed{}.\nSolution: "
+    chat_tok = copy.deepcopy(tokenizer)
+    chat_tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}<assistant>{% endif %}")  # fmt: skip
+    chat = MathTemplateArgs(apply_chat_template=True, system_prompt="Be brief.")
+    text = chat_tok.decode(math_prompts(rows, chat_tok, chat, 128)[0], skip_special_tokens=True)
+    assert text == "<system>Be brief.\n<user>What is 21 + 28?\n<assistant>"
+    assert [target_text(rows[0], t) for t in ("solution", "direct", "boxed")] == ["\\boxed{49}", "$49$", "\\boxed{49}"]
+    import datasets
+
+    tokenized = tokenize_math(datasets.Dataset.from_list(rows), tokenizer, MathTemplateArgs(), "direct", 128)
+    labels = [t for t in tokenized[0]["labels"] if t != -100]
+    assert tokenizer.decode(labels, skip_special_tokens=True).strip() == "$49$" and labels[-1] == tokenizer.eos_token_id

@@ -28,7 +28,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from tqdm.auto import tqdm
 
 __all__ = ["extract_boxed", "grade", "is_correct", "is_equiv", "shutdown", "strip_string"]
 
@@ -397,8 +399,20 @@ def grade(completions: Sequence[str], golds: Sequence[str], timeout: float = 5.0
         raise ValueError(f"workers must be >= 1, got workers={workers}")
     if not completions:
         return []
-    with ThreadPoolExecutor(max_workers=min(size, len(completions))) as ex:
-        return list(ex.map(lambda pair: _grade_one(pair[0], pair[1], timeout, size), zip(completions, golds)))
+    # Each distinct (completion, gold) pair is graded once: sampled answers repeat a lot (direct answers especially).
+    pairs = [(c if isinstance(c, str) else None, g if isinstance(g, str) else None) for c, g in zip(completions, golds)]
+    unique = list(dict.fromkeys(pairs))  # non-strings become None: graded False, like _grade_one does
+    from ..generation import progress_disabled
+
+    verdicts = {}
+    with ThreadPoolExecutor(max_workers=min(size, len(unique))) as ex, \
+            tqdm(total=len(unique), desc=f"grade ({size} workers)", unit="answer", mininterval=5.0,
+                 disable=progress_disabled()) as bar:  # fmt: skip
+        futures = {ex.submit(_grade_one, c, g, timeout, size): (c, g) for c, g in unique}
+        for future in as_completed(futures):
+            verdicts[futures[future]] = future.result()
+            bar.update(1)
+    return [verdicts[pair] for pair in pairs]
 
 
 def _worker_main() -> None:
