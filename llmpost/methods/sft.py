@@ -18,8 +18,9 @@ examples whose weight ``F(N, p)`` exceeds ``dco_threshold`` (0.1), and keeps dra
 batch (per_device_train_batch_size x gradient_accumulation_steps x processes) is kept; surplus kept examples wait in a
 queue for the next step (also across epochs, as in the authors' code). The kept dataset indices are all-gathered, so
 every process holds the same queue and takes a disjoint slice of it: every optimizer step sees a full global batch of
-distinct examples, exactly as in a run without the filter. An epoch ends when the data loader is exhausted; a last
-incomplete batch waits in the queue. The weight in the loss is recomputed in the training forward (identical to the
+distinct examples, exactly as in a run without the filter. An epoch ends when the data loader is exhausted (or when
+it has trained as many micro-batches as the loader holds, which rows carried in the queue could otherwise exceed); a
+last incomplete batch waits in the queue. The weight in the loss is recomputed in the training forward (identical to the
 scoring one unless the example waited in the queue across an update).
 
 Consequences to know: an epoch has fewer optimizer steps than without the filter, so the schedule planned by
@@ -104,6 +105,12 @@ class DCOTrainer(Trainer):
         self._metrics = defaultdict(list)
         self._queue: list[int] = []  # kept dataset indices waiting for an optimizer step (identical on every process)
         self._filter_counts = torch.zeros(2)  # scored, kept since the last log
+        self._epoch_iterator, self._epoch_micro = None, 0
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        self._loader_length = len(loader)  # micro-batches per epoch on this process, as Trainer counts them
+        return loader
 
     def train(self, resume_from_checkpoint=None, *a, **kw):
         if resume_from_checkpoint and self.args.filtering:
@@ -128,9 +135,16 @@ class DCOTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         if not self.args.filtering:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
-        per_device = self.args.per_device_train_batch_size
+        per_device, accumulation = self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        need = per_device * self.args.gradient_accumulation_steps * world
+        need = per_device * accumulation * world
+        if self._epoch_iterator is not epoch_iterator:  # a new epoch: count its micro-batches afresh
+            self._epoch_iterator, self._epoch_micro = epoch_iterator, 0
+        # Trainer syncs gradients when its micro-batch count reaches the loader's length; with rows carried over in
+        # the queue an epoch could train more micro-batches than that, which would step mid-accumulation. End the
+        # epoch before that happens (the queue waits for the next epoch).
+        if self._epoch_micro + accumulation > self._loader_length:
+            return [], None
         while len(self._queue) < need:
             batch = next(epoch_iterator, None)
             exhausted = torch.tensor([batch is None], dtype=torch.float32, device=self.accelerator.device)
@@ -140,6 +154,7 @@ class DCOTrainer(Trainer):
                 return [], None
             self._queue.extend(self._score_and_keep(batch, per_device))
         take, self._queue = self._queue[:need], self._queue[need:]
+        self._epoch_micro += accumulation
         samples = []
         for m in range(self.args.gradient_accumulation_steps):
             start = (m * world + rank) * per_device
