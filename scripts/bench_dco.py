@@ -1,9 +1,10 @@
 """Throughput and peak memory of llmpost's ``DCOTrainer`` against stock TRL ``SFTTrainer``, and sampling throughput of
 ``llmpost.generation.generate_samples`` (lean loop) against ``transformers`` ``generate``.
 
-Launch (CPU default, about 8-10 minutes on 2 shared cores; ``--gpu``: a randomly initialised Llama-3.2-1B shape in bf16)::
+Launch (CPU default, about 8 minutes on 2 shared cores, 11 with ``--repeats 3``; ``--gpu``: a randomly initialised
+Llama-3.2-1B shape in bf16, 32 rows of 512 tokens per step, sampling 256 new tokens)::
 
-    python scripts/bench_dco.py
+    OMP_NUM_THREADS=1 python scripts/bench_dco.py
     python scripts/bench_dco.py --gpu --output bench_dco_gpu.json
 
 What is compared. Every trainer gets the same model (same config, same seeded weights, dtype), the same synthetic token
@@ -23,7 +24,7 @@ optimizer (AdamW, constant LR), no logging or checkpointing, and TRL's fused LM 
   answer's probability is ~0 and ``F(16, p) -> 1 > 0.1`` as ``p -> 0``, so nothing is dropped (the JSON reports
   ``filter_kept_fraction``); on a trained model dropped rows cost a scoring forward each on top.
 
-Sampling (``sample_lean`` vs ``sample_hf``): :func:`llmpost.generation.generate_samples` with ``impl="lean"`` and
+Sampling (``lean`` vs ``hf``): :func:`llmpost.generation.generate_samples` with ``impl="lean"`` and
 ``impl="hf"`` (``model.generate(do_sample=True)``), the same prompts (``--sample_prompts`` random prompts of
 ``--sample_prompt_len`` tokens), ``n``, temperature 1.0, ``max_new_tokens``, batch size and seed, on the tiny real model
 (``stories260K``) and on the random ``cpu-small`` model (``--sample_models``). Throughput is generated tokens
@@ -40,10 +41,24 @@ script imports): trained input tokens per second over the optimizer steps after 
 round (runs of the same round are adjacent in time) and reported as the median with the range over rounds. The load
 average is printed before and after.
 
-Measured (CPU default: cpu-small 4.0M parameters, seq_len 256, batch 4, 6 timed steps, one thread per process, 2 cores
-shared with other jobs, load average 2.5-3.6, repeats 2): see the table at the end of this docstring's section below.
+Measured (CPU defaults: cpu-small 4.0M parameters, seq_len 256 with a 32-token prompt, batch 4, 6 timed steps after 2,
+``OMP_NUM_THREADS=1``, 2 cores shared with other jobs; two invocations on 2026-11-30, ``--repeats 2`` at load average
+5.2 -> 10.5 and ``--repeats 3`` at 5.0 -> 3.1; tokens/s per round, ratios as median (range over rounds)):
 
-    (filled in below)
+* ``dco1`` vs ``trl_sft``: 1127/934 vs 889/908 tokens/s, ratio 1.15 (1.03-1.27); 740/1056/1056 vs 939/930/1017,
+  ratio 1.04 (0.79-1.14; the 740 run met a load spike). llmpost's N = 1 step is at least as fast as TRL's (which also
+  computes entropy and token accuracy every step). Peak RSS growth (fixed mmap threshold) 323.7 vs 324.8 MiB and
+  323.6 vs 324.6 MiB: ratio 0.997 both times.
+* ``dco16`` vs ``dco1``: ratio 1.01 (0.82-1.21) and 1.00 (0.91-1.49); peak memory ratio 1.001: the weight is free.
+* ``dco16_filter`` vs ``dco16``: ratio 0.81 (0.78-0.84) and 0.74 (0.69-0.78), i.e. 1.23-1.35x the cost per trained
+  row, as expected from the extra scoring forward (~1.33x); kept fraction 1.00 (32 of 32 scored rows kept: on random
+  weights p ~ 0 and F(16, p) ~ 1, nothing is dropped); peak memory ratio 1.001.
+* sampling, 8 prompts x n = 4, 64 new tokens, batch 32, temperature 1.0: stories260K lean 2935/3069 vs hf 2653/2852
+  generated tokens/s, ratio 1.09 (1.08-1.11), and over 5 rounds at lower load lean 3646 vs hf 3012 (medians), ratio
+  1.07 (0.90-1.53), CPU-time ratio 1.07-1.08; cpu-small ratio 1.04 (0.97-1.10) and 1.08 (0.97-1.27), CPU-time ratio
+  1.03-1.08. Token counts equal in every pair (2048 on stories260K; 2042 on cpu-small, where some rows hit EOS). So at
+  this batch the lean loop saves ~5-10% (its saving is ``generate``'s per-step bookkeeping; the rest of a step is the
+  model's forward, the same in both); the per-round spread under this load is larger than that.
 
 The last line printed is one JSON object.
 """
