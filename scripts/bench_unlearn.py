@@ -203,11 +203,43 @@ def extra_model_params(trainer) -> int:
     return extra
 
 
+def make_step_timer(gpu: bool):
+    """A ``TrainerCallback`` recording the time at train begin and at every optimizer step's end (after a CUDA sync)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.begin, self.ends = None, []
+
+        def _now(self):
+            if gpu:
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_begin(self, *a, **k):
+            self.begin = self._now()
+
+        def on_step_end(self, *a, **k):
+            self.ends.append(self._now())
+
+    return StepTimer()
+
+
+def step_times(timer, warmup_steps: int, steps: int, name: str) -> tuple[float, list[float]]:
+    """``(seconds of the steps after the warm-up, duration of every step)``; raises unless all steps ran."""
+    total_steps = warmup_steps + steps
+    if len(timer.ends) != total_steps:
+        raise RuntimeError(f"{name}: expected {total_steps} optimizer steps, ran {len(timer.ends)}")
+    start = timer.ends[warmup_steps - 1] if warmup_steps else timer.begin
+    marks = [timer.begin] + timer.ends
+    return timer.ends[-1] - start, [b - a for a, b in zip(marks[:-1], marks[1:])]
+
+
 def run_worker(args) -> dict:
     # Every heavy import happens before the memory baseline.
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from llmpost.data.unlearn import ForgetRetainDataset
@@ -264,31 +296,10 @@ def run_worker(args) -> dict:
     setup_s = time.perf_counter() - t0
     extra = extra_model_params(trainer)
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.begin, self.ends = None, []
-
-        def _now(self):
-            if args.gpu:
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
-        def on_train_begin(self, *a, **k):
-            self.begin = self._now()
-
-        def on_step_end(self, *a, **k):
-            self.ends.append(self._now())
-
-    timer = StepTimer()
+    timer = make_step_timer(args.gpu)
     trainer.add_callback(timer)
     trainer.train()
-    total_steps = args.warmup_steps + args.steps
-    if len(timer.ends) != total_steps:
-        raise RuntimeError(f"{name}: expected {total_steps} optimizer steps, ran {len(timer.ends)}")
-    start = timer.ends[args.warmup_steps - 1] if args.warmup_steps else timer.begin
-    elapsed = timer.ends[-1] - start
-    marks = [timer.begin] + timer.ends
-    step_s = [b - a for a, b in zip(marks[:-1], marks[1:])]
+    elapsed, step_s = step_times(timer, args.warmup_steps, args.steps, name)
     sequences_per_step = 2 * args.batch_size * args.grad_accum
     tokens = args.steps * sequences_per_step * args.seq_len  # every row is exactly seq_len tokens: no padding
     tokens_per_s = tokens / elapsed
@@ -330,25 +341,33 @@ def _device_name(gpu: bool) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+WORKER_ENV = {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+              "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def run_worker_process(script: str, argv, name: str, tag: str, tmp: str, extra_argv=(), extra_env=None) -> dict:
+    """Run ``script argv extra_argv --_worker name --_result FILE`` in a fresh interpreter; the JSON it wrote."""
+    path = os.path.join(tmp, f"{name}_{tag}.json".replace("/", "of").replace(" ", "_"))
+    cmd = [sys.executable, os.path.abspath(script), *argv, *extra_argv, "--_worker", name, "--_result", path]
+    print(f"[bench] running {name} ({tag}) ...", file=sys.stderr, flush=True)
+    env = {**os.environ, **WORKER_ENV, **(extra_env or {})}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(path):
+        sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-20000:])
+        raise SystemExit(f"[bench] worker {name} ({tag}) failed with exit code {proc.returncode}")
+    return json.loads(Path(path).read_text())
+
+
 def run_all(args, argv) -> dict:
     names = ["llmpost", "trl_dpo"] + (["trl_dpo_precompute"] if args.dpo_precompute_ref else [])
     if args.trainers:
         names = [n for n in args.trainers.split(",") if n]
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     runs = {name: [] for name in names}
     memory = {}
     with tempfile.TemporaryDirectory(prefix="bench_unlearn_") as tmp:
 
         def worker(name: str, tag: str, extra_argv=(), extra_env=None) -> dict:
-            path = os.path.join(tmp, f"{name}_{tag}.json")
-            cmd = [sys.executable, os.path.abspath(__file__), *argv, *extra_argv, "--_worker", name, "--_result", path]
-            print(f"[bench] running {name} ({tag}) ...", file=sys.stderr, flush=True)
-            proc = subprocess.run(cmd, env={**env, **(extra_env or {})}, capture_output=True, text=True)
-            if proc.returncode != 0 or not os.path.exists(path):
-                sys.stderr.write(proc.stdout[-5000:] + proc.stderr[-20000:])
-                raise SystemExit(f"[bench] worker {name} ({tag}) failed with exit code {proc.returncode}")
-            return json.loads(Path(path).read_text())
+            return run_worker_process(__file__, argv, name, tag, tmp, extra_argv, extra_env)
 
         for rep in range(args.repeats):  # interleaved, so slow drifts of a shared machine hit every trainer alike
             for name in names:
