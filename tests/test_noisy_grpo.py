@@ -308,7 +308,8 @@ def test_appeal_rho1_is_clipped(items, q, decay):
 
 # ----------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,name", [({"rho0": -0.1}, "rho0"), ({"rho0": 1.0}, "rho0"), ({"rho1": 1.5}, "rho1"),
-                                         ({"rho1": float("nan")}, "rho1"), ({"rho0": 0.6, "rho1": 0.4}, "rho0 \\+ rho1"),
+                                         ({"rho1": float("nan")}, "rho1"),
+                                         ({"rho0": 0.6, "rho1": 0.4}, "rho0 \\+ rho1"),
                                          ({"rho0": True}, "rho0")])
 def test_bad_rates(kwargs, name):
     with pytest.raises(ValueError, match=name):
