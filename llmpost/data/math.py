@@ -32,6 +32,14 @@ MATH_COLUMNS = ("problem", "solution", "answer", "subject", "level", "unique_id"
 MATH500_HUB_ID = "HuggingFaceH4/MATH-500"
 
 
+class MathTask(StrEnum):
+    """Where the recipes' problems come from: ``math`` (``train_file`` / ``eval_file``) or ``arithmetic`` (the seeded
+    synthetic task of :func:`arithmetic_problems`)."""
+
+    MATH = "math"
+    ARITHMETIC = "arithmetic"
+
+
 class MathTarget(StrEnum):
     """What a training example's answer is: the worked ``solution`` (ends in ``\\boxed{}``), the final answer alone as
     ``$answer$`` (``direct``, the DCO paper's direct-answer setting: the authors' ``answer_s`` column), or
@@ -122,7 +130,7 @@ class MathTemplateArgs(TemplateArgs):
 class MathArguments(MathTemplateArgs):
     """Data, prompt and evaluation options of the MATH recipes (the prompt template fields are inherited)."""
 
-    task: str = field(default="math", metadata={"help": "'math' (train_file / eval_file) or 'arithmetic' (synthetic, seeded)."})
+    task: MathTask = field(default=MathTask.MATH, metadata={"help": "'math' (train_file / eval_file) or 'arithmetic' (synthetic, seeded)."})
     train_file: str = field(default="../shared/data/math/train12k.jsonl", metadata={"help": "Training problems (.jsonl or hub id)."})
     eval_file: str = field(default="../shared/data/math/math500_test.jsonl", metadata={"help": "Evaluation problems (.jsonl or hub id)."})
     target: MathTarget = field(default=MathTarget.DIRECT, metadata={"help": "Training answer: solution | direct ($answer$) | boxed."})
@@ -141,12 +149,11 @@ class MathArguments(MathTemplateArgs):
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
 
     def __post_init__(self):
-        try:
-            self.target = MathTarget(self.target)
-        except ValueError:
-            raise ValueError(f"target: {self.target!r} is not one of {[t.value for t in MathTarget]}") from None
-        if self.task not in ("math", "arithmetic"):
-            raise ValueError(f"task: must be 'math' or 'arithmetic', got {self.task!r}")
+        for name, enum in (("target", MathTarget), ("task", MathTask)):
+            try:
+                setattr(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {[e.value for e in enum]}") from None
         if self.eval_num_samples < 1:
             raise ValueError(f"eval_num_samples: must be >= 1, got {self.eval_num_samples}")
         if self.eval_temperature < 0:
@@ -154,7 +161,7 @@ class MathArguments(MathTemplateArgs):
 
     def problems(self, split: str) -> datasets.Dataset:
         """The ``train`` or ``test`` problems of the configured task."""
-        if self.task == "arithmetic":
+        if self.task == MathTask.ARITHMETIC:
             size = self.arithmetic_train_size if split == "train" else self.arithmetic_test_size
             rows = arithmetic_problems(split, size, self.arithmetic_seed, self.arithmetic_max_operand)
             return datasets.Dataset.from_list(rows)
