@@ -41,7 +41,7 @@ def dco_weight(n: int, p: torch.Tensor) -> torch.Tensor:
     where ``N p`` is small (there ``1 - (1-p)^N`` cancels catastrophically in the direct form), so no series is
     needed; tests/test_dco.py checks it against 50-digit ``mpmath`` over p in [1e-12, 1] and N up to 4096 (relative
     error < 1e-12). Deviation from the authors' code: they switch to a Pade approximant below ``N p = 0.1`` (relative
-    error up to ~1e-5 near the switch); this form is exact to float64 rounding everywhere.
+    error up to 1.3e-4 just below the switch at N = 4096, measured against mpmath); this form is exact to float64 rounding everywhere.
 
     Args:
         n: the pass@N budget, an integer >= 1 (N = 1 gives F = 1: plain cross-entropy).
