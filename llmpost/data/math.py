@@ -26,7 +26,7 @@ import datasets
 
 from ..utils import StrEnum
 from .files import DataError, load_jsonl
-from .tofu import TemplateArgs, encode_prompt, encode_qa
+from .tofu import TemplateArgs, _chat, _wrap, encode_prompt, encode_qa
 
 MATH_COLUMNS = ("problem", "solution", "answer", "subject", "level", "unique_id")
 MATH500_HUB_ID = "HuggingFaceH4/MATH-500"
@@ -187,3 +187,14 @@ def math_prompts(rows, tokenizer, template: TemplateArgs, max_length: int) -> li
     """Token ids of each problem's generation prompt (ends with the answer start tag or the chat generation prompt);
     ``rows``: a dataset or a list of rows with a ``problem``."""
     return [encode_prompt(tokenizer, template, row["problem"], max_length) for row in rows]
+
+
+def grpo_prompts(ds: datasets.Dataset, template: TemplateArgs) -> datasets.Dataset:
+    """TRL GRPO rows: ``prompt`` (the template's text for base models, chat messages when ``apply_chat_template``;
+    TRL applies the chat template itself) and the gold ``answer`` (a string; reward functions get it as a kwarg)."""
+
+    def fn(row):
+        prompt = _chat(template, row["problem"], None) if template.apply_chat_template else _wrap(template, row["problem"])
+        return {"prompt": prompt, "answer": str(row["answer"])}
+
+    return ds.map(fn, remove_columns=ds.column_names, desc="Prompts")

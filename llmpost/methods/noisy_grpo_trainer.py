@@ -1,0 +1,176 @@
+"""GRPO with noisy-verifier corrections and appeals (arXiv 2510.00915, issue 7): a thin ``trl.GRPOTrainer`` subclass.
+
+TRL does the generation (transformers or vLLM), the reference/KL terms, the clipped surrogate and the loss
+aggregation. This trainer replaces only the reward-to-advantage step. Per generation batch (all processes' completions,
+laid out as consecutive groups of ``num_generations`` per prompt) it computes:
+
+1. ``R~``: the raw 0/1 verdicts of the one reward function (a verifier, ``VerifierReward``), gathered across
+   processes by TRL's ``_calculate_rewards``; kept unchanged.
+2. Appeals (``appeals_fraction = q > 0``): ``AppealEstimator`` re-checks a random fraction q of the negatives with the
+   stronger ``appeal_verifier`` and updates the online, EMA-smoothed rho1^ (clipped to [0, 0.5)). Appeals only
+   *estimate* rho1 (the paper's use: "estimates the FN rate online"); the verdicts fed to the correction stay ``R~``,
+   so the noise model the correction assumes still holds. The same gathered batch and seed on every process give the
+   same estimate everywhere.
+3. Scores ``s = corrected_scores(R~, correction, rates)``: ``none`` -> R~; ``backward`` -> (R~ - rho0) / (1 - rho0 - rho1);
+   ``forward`` -> R~ - (1 - rho1), with rho1 the configured one, or rho1^ when appeals are on.
+4. Advantages ``A = advantages(s, num_generations, advantage_norm, baseline=b, scale=c)``. With ``advantage_norm:
+   none`` (the default): ``A = (s - b) / c`` with ``b = 0`` (``baseline: zero``) or the EMA (``ema_decay``) of the
+   batch-mean score of the *previous* steps (the first batch's own mean at step 1), and ``c = advantage_scale``.
+   ``group``/``batch`` standardise ``s`` as TRL's GRPO does.
+5. This process's slice of ``A`` (the same ``process_slice`` as TRL) becomes ``output["advantages"]``.
+
+Why ``advantage_norm: none`` is the default: GRPO's group standardisation ``(s - mean_g s) / (std_g s + eps)`` is
+invariant to any ``s -> a s + b`` with ``a > 0``, and both corrections are such maps of R~ (backward: a = 1/kappa;
+forward: a = 1), so under ``group`` (or ``batch``, for fixed rates) every correction gives the *same* advantages as
+``none`` -- the corrections cancel (tested). Only an un-standardised advantage keeps them. The paper's own choice of
+normalisation could not be read here (only its abstract; see ``noisy_grpo``'s module docstring), so the default is
+the one under which the corrections act. The EMA baseline reduces variance without depending on the current batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import trl
+from accelerate.utils import gather_object
+
+from ..utils import StrEnum
+from .noisy_grpo import AdvantageNorm, Correction, Ema, NoiseRates, advantages, check_rate, corrected_scores
+from .verifiers import AppealEstimator, Verifier, VerifyStats, safe_verify
+
+
+class Baseline(StrEnum):
+    """The baseline of ``advantage_norm: none``: ``zero`` or ``ema`` (of past batch-mean scores)."""
+
+    ZERO = "zero"
+    EMA = "ema"
+
+
+class VerifierReward:
+    """A TRL reward function from a verifier: ``safe_verify(verifier, prefix + completion, answer)`` per completion
+    (0/1). ``prefix``: the start of the answer that the prompt already wrote (e.g. ``\\boxed{``), or empty."""
+
+    def __init__(self, verifier: Verifier, name: str | None = None, prefix: str = ""):
+        self.verifier, self.prefix = verifier, prefix
+        self.__name__ = name or getattr(verifier, "name", getattr(verifier, "__name__", "verifier"))
+        self.stats = VerifyStats()
+
+    def __call__(self, completions, answer, **kwargs) -> list[float]:
+        texts = [self.prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]  # plain or chat
+        return [float(safe_verify(self.verifier, t, str(a), self.stats)) for t, a in zip(texts, answer, strict=True)]
+
+
+def _enum(name: str, value, enum):
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not one of {[e.value for e in enum]}") from None
+
+
+@dataclass
+class NoisyGRPOConfig(trl.GRPOConfig):
+    """``trl.GRPOConfig`` plus the noisy-verifier options (issue 7). TRL's ``scale_rewards`` is not used: the
+    advantages come from ``advantage_norm`` (module docstring)."""
+
+    correction: Correction = field(default=Correction.NONE, metadata={"help": "none | backward (PGBC) | forward (PGFC)."})
+    rho0: float = field(default=0.0, metadata={"help": "Verifier false-positive rate P(R~=1|R*=0), in [0, 1)."})
+    rho1: float = field(default=0.0, metadata={"help": "Verifier false-negative rate P(R~=0|R*=1), in [0, 1)."})
+    # Default none: group/batch standardisation cancels both corrections (module docstring).
+    advantage_norm: AdvantageNorm = field(default=AdvantageNorm.NONE, metadata={"help": "none | batch | group."})
+    baseline: Baseline = field(default=Baseline.EMA, metadata={"help": "Baseline of advantage_norm none: zero | ema."})
+    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of the baseline and of rho1^, in [0, 1)."})
+    advantage_scale: float = field(default=1.0, metadata={"help": "Fixed scale c of advantage_norm none: (s - b) / c."})
+    appeals_fraction: float = field(default=0.0, metadata={"help": "q: fraction of negatives appealed (0: off)."})
+    appeals_seed: int = field(default=0, metadata={"help": "Seed of the appeal sampling."})
+
+    def __post_init__(self):
+        self.correction = _enum("correction", self.correction, Correction)
+        self.advantage_norm = _enum("advantage_norm", self.advantage_norm, AdvantageNorm)
+        self.baseline = _enum("baseline", self.baseline, Baseline)
+        NoiseRates(self.rho0, self.rho1)  # its errors name rho0 / rho1
+        check_rate("ema_decay", self.ema_decay)
+        if not (isinstance(self.advantage_scale, (int, float)) and math.isfinite(self.advantage_scale)
+                and self.advantage_scale > 0):
+            raise ValueError(f"advantage_scale: must be finite and > 0, got {self.advantage_scale!r}")
+        if not (isinstance(self.appeals_fraction, (int, float)) and 0.0 <= self.appeals_fraction <= 1.0):
+            raise ValueError(f"appeals_fraction: must be in [0, 1], got {self.appeals_fraction!r}")
+        super().__post_init__()
+
+
+class NoisyGRPOTrainer(trl.GRPOTrainer):
+    """``trl.GRPOTrainer`` whose advantages are the corrected, configurably normalised scores of the module docstring.
+
+    ``reward_funcs``: exactly one function returning 0/1 verdicts (e.g. ``VerifierReward``); the dataset needs an
+    ``answer`` column when appeals are on. ``appeal_verifier``: the stronger checker of the appeals (required when
+    ``args.appeals_fraction > 0``).
+    """
+
+    def __init__(self, *args, appeal_verifier: Verifier | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if len(self.reward_funcs) != 1:
+            raise ValueError(f"NoisyGRPOTrainer needs exactly one reward function (a verifier), got {len(self.reward_funcs)}")
+        cfg = self.args
+        self.appeals = None
+        if cfg.appeals_fraction > 0:
+            if appeal_verifier is None:
+                raise ValueError("appeals_fraction > 0 needs an appeal_verifier (the stronger checker)")
+            self.appeals = AppealEstimator(appeal_verifier, q=cfg.appeals_fraction, decay=cfg.ema_decay,
+                                           seed=cfg.appeals_seed)
+        self.baseline_ema = Ema(cfg.ema_decay)
+        self._raw_rewards: torch.Tensor | None = None
+        self._appeal_stats: dict | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered
+        raw = rewards_per_func[:, 0]
+        if not ((raw == 0) | (raw == 1)).all():
+            raise ValueError(f"reward function {self.reward_func_names[0]!r} must return 0/1 verdicts")
+        self._raw_rewards = raw.detach().clone()
+        self._appeal_stats = None
+        if self.appeals is not None and self.model.training:
+            prefix = getattr(self.reward_funcs[0], "prefix", "")  # what the reward function's verifier saw
+            texts = [prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
+            all_texts = gather_object(texts)
+            all_golds = gather_object([str(x["answer"]) for x in inputs])
+            self._appeal_stats = self.appeals.update(raw.cpu(), all_texts, all_golds)
+        return rewards_per_func
+
+    def current_rates(self) -> NoiseRates:
+        """The rates the correction uses: the configured ones, with rho1 = rho1^ for forward + appeals."""
+        if self.appeals is not None and self.args.correction == Correction.FORWARD:
+            return NoiseRates(0.0, self.appeals.rho1)  # forward needs only rho1
+        return NoiseRates(self.args.rho0, self.args.rho1)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        raw = self._raw_rewards
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        scores = corrected_scores(raw.float(), self.args.correction, self.current_rates())
+        base = 0.0
+        if self.args.baseline == Baseline.EMA:
+            base = self.baseline_ema.value if self.baseline_ema.value is not None else scores.mean().item()
+            if mode == "train":
+                self.baseline_ema.update(scores.mean().item())
+        adv = advantages(scores, group_size=group, norm=self.args.advantage_norm, baseline=base,
+                         scale=float(self.args.advantage_scale))
+        n_local = len(output["prompt_ids"])
+        start = self.accelerator.process_index * n_local
+        output["advantages"] = adv[start : start + n_local].to(output["advantages"].device)
+        logged = self._logs["advantages"]  # replace TRL's advantages in the completions table
+        for _ in range(min(len(adv), len(logged))):
+            logged.pop()
+        logged.extend(adv.tolist())
+        m = self._metrics[mode]
+        m["noisy/raw_reward"].append(raw.float().mean().item())
+        m["noisy/corrected_score"].append(scores.mean().item())
+        m["noisy/baseline"].append(float(base))
+        m["noisy/rho1"].append(self.current_rates().rho1)
+        if self.appeals is not None:
+            stats = self._appeal_stats or {}
+            m["noisy/rho1_hat"].append(self.appeals.rho1)
+            m["noisy/appeals"].append(float(stats.get("appeals", 0)))
+            m["noisy/overturns"].append(float(stats.get("overturns", 0)))
+        return output

@@ -1,0 +1,122 @@
+"""NoisyGRPOTrainer (issue 7): 2 optimizer steps of the tiny recipe per correction mode on CPU, the advantages it
+produces against ``advantages(corrected_scores(...))`` computed by hand, the cancellation under group
+standardisation, and config errors that name the key."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY_MODEL
+from llmpost.methods.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
+from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig, NoisyGRPOTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+_spec = importlib.util.spec_from_file_location("grpo_noisy_math", ROOT / "recipes" / "grpo_noisy_math.py")
+recipe = importlib.util.module_from_spec(_spec)
+sys.modules["grpo_noisy_math"] = recipe  # dataclasses need the module registered
+_spec.loader.exec_module(recipe)
+
+# Injected noise with false positives, so the untrained model gets some 1s (the verdicts vary within groups).
+BASE = ["--config", str(ROOT / "configs" / "grpo_noisy_math_tiny.yaml"), "--model_name_or_path", str(TINY_MODEL),
+        "--max_steps", "2", "--logging_steps", "1", "--eval_after_training", "false", "--noise_rho0", "0.4",
+        "--noise_rho1", "0.3", "--rho0", "0.4", "--rho1", "0.3", "--disable_tqdm", "true"]
+MODES = {
+    "none": ["--correction", "none"],
+    "backward": ["--correction", "backward"],
+    "forward": ["--correction", "forward"],
+    "forward_appeals": ["--correction", "forward", "--appeals_fraction", "0.5"],
+}
+
+
+class CaptureTrainer(NoisyGRPOTrainer):
+    """Records the gathered raw rewards, the rates used and the advantages of each generation batch."""
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self.captured = getattr(self, "captured", [])
+        self.captured.append((self._raw_rewards.clone(), self.current_rates(), out["advantages"].clone(),
+                              self.baseline_ema.value))
+        return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for name, extra in MODES.items():
+        trainer = recipe.main([*BASE, *extra, "--output_dir", str(tmp_path_factory.mktemp(name))])
+        out[name] = trainer
+    return out
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_two_steps_change_parameters_and_log(runs, mode):
+    trainer = runs[mode]
+    assert trainer.state.global_step == 2
+    before = load_file(str(TINY_MODEL / "model.safetensors"))
+    after = load_file(f"{trainer.args.output_dir}/model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    logs = [h for h in trainer.state.log_history if "noisy/raw_reward" in h]
+    assert len(logs) == 2
+    keys = ["noisy/raw_reward", "noisy/corrected_score", "noisy/rho1", "noisy/baseline"]
+    if mode == "forward_appeals":
+        keys += ["noisy/rho1_hat", "noisy/appeals", "noisy/overturns"]
+        assert any(h["noisy/appeals"] > 0 for h in logs)
+    for h in logs:
+        for k in keys:
+            assert math.isfinite(h[k]), (k, h)
+
+
+def _capture(tmp_path, *extra, steps="1"):
+    trainer, _ = recipe.build([*BASE, "--max_steps", steps, *extra, "--output_dir", str(tmp_path)], CaptureTrainer)
+    trainer.train()
+    return trainer
+
+
+def test_advantages_match_hand_computation(tmp_path):
+    trainer = _capture(tmp_path, "--correction", "backward", "--baseline", "ema", steps="2")
+    g = trainer.num_generations
+    ema_before = None
+    for raw, rates, adv, ema_after in trainer.captured:
+        assert set(raw.tolist()) <= {0.0, 1.0}
+        scores = corrected_scores(raw, Correction.BACKWARD, rates)
+        base = scores.mean().item() if ema_before is None else ema_before
+        expected = advantages(scores, g, AdvantageNorm.NONE, baseline=base, scale=1.0)
+        torch.testing.assert_close(adv, expected)  # one process: the slice is everything
+        plain = advantages(corrected_scores(raw, Correction.NONE, rates), g, AdvantageNorm.NONE, baseline=0.0)
+        assert not torch.allclose(adv, plain)  # without standardisation the correction acts
+        ema_before = ema_after
+    assert rates == NoiseRates(0.4, 0.3)
+
+
+def test_group_standardisation_cancels_backward(tmp_path):
+    trainer = _capture(tmp_path, "--correction", "backward", "--advantage_norm", "group")
+    raw, rates, adv, _ = trainer.captured[0]
+    g = trainer.num_generations
+    assert (raw.view(-1, g).std(dim=1) > 0).any()  # a non-trivial check: some group has varying verdicts
+    uncorrected = advantages(corrected_scores(raw, Correction.NONE, rates), g, AdvantageNorm.GROUP)
+    torch.testing.assert_close(adv, uncorrected, atol=1e-3, rtol=1e-3)  # eps=1e-4 makes it approximate
+    ungrouped_b = advantages(corrected_scores(raw, Correction.BACKWARD, rates), g, AdvantageNorm.NONE)
+    ungrouped_n = advantages(corrected_scores(raw, Correction.NONE, rates), g, AdvantageNorm.NONE)
+    assert not torch.allclose(ungrouped_b, ungrouped_n)
+
+
+@pytest.mark.parametrize("key,value", [("correction", "sideways"), ("advantage_norm", "global"), ("baseline", "mean"),
+                                       ("rho1", 1.2), ("rho0", -0.1), ("ema_decay", 1.0), ("appeals_fraction", 1.5),
+                                       ("advantage_scale", 0.0)])
+def test_config_errors_name_the_key(tmp_path, key, value):
+    with pytest.raises(ValueError, match=key):
+        NoisyGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{key: value})
+
+
+def test_yaml_error_names_key_and_file(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("correction: sideways\n")
+    with pytest.raises(ValueError, match="correction"):
+        recipe.build(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])
