@@ -44,6 +44,11 @@ def _types_for(config: Path):
         from llmpost.data.muse import MuseArguments
 
         return (ModelConfig, MuseArguments, UnlearnConfig)
+    if config.name.startswith("grpo_noisy_math"):
+        from llmpost.data.math import MathArguments
+        from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig
+
+        return (ModelConfig, MathArguments, _recipe_types("grpo_noisy_math").RewardArguments, NoisyGRPOConfig)
     if config.name.startswith("dco_math"):
         from llmpost.data.math import MathArguments
         from llmpost.methods.sft import DCOConfig
