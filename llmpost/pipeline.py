@@ -174,11 +174,12 @@ def math_evaluator(data_args) -> Evaluator | None:
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
         from .eval.math import evaluate_math
 
+        # The prompt truncation length: the SFT/DCO config's max_length; GRPO's config has none (prompts are short).
         return evaluate_math(
             model, tokenizer, problems, data_args, output_dir=eval_dir, num_samples=data_args.eval_num_samples,
             temperature=data_args.eval_temperature, top_p=data_args.eval_top_p,
             max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
-            batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+            batch_size=args.per_device_eval_batch_size, max_length=getattr(args, "max_length", None) or 2048,
             backend=data_args.generation_backend,
             vllm_model=args.output_dir if data_args.generation_backend == "vllm" else None,
             max_problems=data_args.eval_max_problems,
