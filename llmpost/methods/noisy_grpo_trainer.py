@@ -25,10 +25,17 @@ forward: a = 1), so under ``group`` (or ``batch``, for fixed rates) every correc
 ``none`` -- the corrections cancel (tested). Only an un-standardised advantage keeps them. The paper's own choice of
 normalisation could not be read here (only its abstract; see ``noisy_grpo``'s module docstring), so the default is
 the one under which the corrections act. The EMA baseline reduces variance without depending on the current batch.
+
+The forward correction ``R~ - (1 - rho1)`` is a constant shift of the reward, i.e. REINFORCE with the fixed baseline
+``1 - rho1``: in expectation the uncorrected ``R~`` already gives ``kappa`` times the clean gradient (its constant part
+``rho0`` multiplies ``E[grad log pi] = 0``), so the forward form changes the variance, not the direction, and any mean
+baseline (``baseline: ema``, or ``group``/``batch`` standardisation) absorbs the shift and makes it identical to
+``none``. It acts only with ``advantage_norm: none`` and ``baseline: zero``; the config warns otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -39,6 +46,8 @@ from accelerate.utils import gather_object
 from ..utils import StrEnum
 from .noisy_grpo import AdvantageNorm, Correction, Ema, NoiseRates, advantages, check_rate, corrected_scores
 from .verifiers import AppealEstimator, Verifier, VerifyStats, safe_verify
+
+logger = logging.getLogger(__name__)
 
 
 class Baseline(StrEnum):
@@ -96,6 +105,11 @@ class NoisyGRPOConfig(trl.GRPOConfig):
             raise ValueError(f"advantage_scale: must be finite and > 0, got {self.advantage_scale!r}")
         if not (isinstance(self.appeals_fraction, (int, float)) and 0.0 <= self.appeals_fraction <= 1.0):
             raise ValueError(f"appeals_fraction: must be in [0, 1], got {self.appeals_fraction!r}")
+        if self.correction == Correction.FORWARD and (self.baseline == Baseline.EMA or self.advantage_norm != AdvantageNorm.NONE):
+            logger.warning("correction: forward is R~ - (1 - rho1), a constant shift of the reward; a mean baseline "
+                           "(baseline: ema, or advantage_norm: %s) absorbs the shift, so the run trains exactly as with "
+                           "correction: none. Use advantage_norm: none with baseline: zero for the forward correction "
+                           "to act.", self.advantage_norm.value)  # fmt: skip
         super().__post_init__()
 
 
