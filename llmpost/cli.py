@@ -121,6 +121,17 @@ def _validate_eval_args(args: EvalArgs, positive: tuple[str, ...]) -> None:
         raise CliError(f"--data_dir {data_dir!r} is not a directory")
 
 
+def _check_results_dir(args: EvalArgs, benchmark: str, markers: tuple[str, ...]) -> None:
+    """Refuse an ``--output_dir`` that already holds this benchmark's result files, unless ``--overwrite_output_dir``."""
+    try:
+        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=markers)
+    except OutputDirError as e:
+        raise CliError(
+            f"--output_dir {args.output_dir!r} already holds {benchmark} results; choose another --output_dir or pass "
+            "--overwrite_output_dir true"
+        ) from e
+
+
 @dataclass
 class TofuEvalArgs(EvalArgs):
     """Options of ``llmpost eval tofu`` (the template flags come from :class:`llmpost.data.tofu.TemplateArgs`)."""
@@ -188,13 +199,7 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
     args = TofuEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
     template = TemplateArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TemplateArgs)})
     _validate_tofu_args(args)
-    try:
-        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=(EVAL_FILE, SUMMARY_FILE))
-    except OutputDirError as e:
-        raise CliError(
-            f"--output_dir {args.output_dir!r} already holds TOFU results; choose another --output_dir or pass "
-            "--overwrite_output_dir true"
-        ) from e
+    _check_results_dir(args, "TOFU", (EVAL_FILE, SUMMARY_FILE))
     # Fail on missing data or a bad retain log before the (slow) model load.
     load_tofu_eval_splits(args.data_dir, args.forget_split, args.holdout_split, args.max_examples)
     if args.retain_logs_path:
@@ -267,13 +272,7 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(MuseEvalArgs)}
     args = MuseEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
     _validate_muse_args(args)
-    try:
-        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=(EVAL_FILE, SUMMARY_FILE))
-    except OutputDirError as e:
-        raise CliError(
-            f"--output_dir {args.output_dir!r} already holds MUSE results; choose another --output_dir or pass "
-            "--overwrite_output_dir true"
-        ) from e
+    _check_results_dir(args, "MUSE", (EVAL_FILE, SUMMARY_FILE))
     # Fail on missing data or a bad retain log before the (slow) model load.
     load_muse_eval_splits(args.data_dir, args.max_examples)
     resolve_reference_auc(args.protocol, args.reference_auc, args.retain_logs_path)

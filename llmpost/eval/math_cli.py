@@ -15,9 +15,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import CliError, EvalArgs, _add_dataclass_args, _load_model_and_tokenizer, _parse_runs, _validate_eval_args
+from ..cli import (
+    CliError,
+    EvalArgs,
+    _add_dataclass_args,
+    _check_results_dir,
+    _load_model_and_tokenizer,
+    _parse_runs,
+    _validate_eval_args,
+)
 from ..data.math import MathTemplateArgs
-from ..utils import OutputDirError, check_output_dir
 
 
 @dataclass
@@ -74,11 +81,7 @@ def run_eval_math(ns: argparse.Namespace) -> int:
     args = MathEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
     template = MathTemplateArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(MathTemplateArgs)})
     _validate(args)
-    try:
-        check_output_dir(args.output_dir, args.overwrite_output_dir, markers=(EVAL_FILE, SUMMARY_FILE))
-    except OutputDirError as e:
-        raise CliError(f"--output_dir {args.output_dir!r} already holds MATH results; choose another --output_dir or "
-                       "pass --overwrite_output_dir true") from e  # fmt: skip
+    _check_results_dir(args, "MATH", (EVAL_FILE, SUMMARY_FILE))
     problems = load_math(args.data_file)  # fails on a bad file before the (slow) model load
     if args.max_examples is not None:
         problems = problems.select(range(min(args.max_examples, len(problems))))
