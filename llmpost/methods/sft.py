@@ -42,6 +42,7 @@ from ..data.collators import pad_examples
 from ..generation import pad_token_id
 from ..ops import token_logps
 from .dco import DCOReduction, dco_loss, dco_weight
+from .step_metrics import flush_metrics
 
 
 @dataclass
@@ -184,12 +185,7 @@ class DCOTrainer(Trainer):
         return kept_all
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Called on every process at the same steps, so the gather below cannot deadlock.
-        if self._metrics and "loss" in logs:
-            local = torch.stack([torch.stack(vals).mean() for vals in self._metrics.values()])
-            means = self.accelerator.gather(local[None]).mean(0).tolist()
-            logs.update(dict(zip(self._metrics, means)))
-            self._metrics.clear()
+        flush_metrics(self.accelerator, self._metrics, logs)
         if self.args.filtering and "loss" in logs and self._filter_counts[0] > 0:
             scored, kept = self._filter_counts.tolist()  # already global: gathered when scored
             logs.update({"filter_scored": scored, "filter_kept_fraction": kept / scored})

@@ -45,6 +45,7 @@ from .flat import FDivergence, flat_batch_loss, flat_loss
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
 from .npo import npo_loss
 from .simnpo import simnpo_loss
+from .step_metrics import flush_metrics
 
 
 class UnlearnMethod(StrEnum):
@@ -343,13 +344,9 @@ class UnlearnTrainer(Trainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Called on every process at the same steps, so the gather below cannot deadlock.
-        if self._metrics and "loss" in logs:
-            local = torch.stack([torch.stack(vals).mean() for vals in self._metrics.values()])
-            means = self.accelerator.gather(local[None]).mean(0).tolist()
-            logs.update(dict(zip(self._metrics, means)))
-            self._metrics.clear()
+        flush_metrics(self.accelerator, self._metrics, logs)
         super().log(logs, start_time)
+
 
 
 def _concat_padded(parts, pad_id):
