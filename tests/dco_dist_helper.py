@@ -8,7 +8,6 @@ parameter) into ``$LLMPOST_DIST_DUMP_DIR``. Nothing here changes the training it
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from dist_launch_helper import full_params  # this script's directory is on sys.path
 
 from llmpost.config import run_main
 from llmpost.methods.sft import DCOTrainer
@@ -41,16 +41,7 @@ class RecordingDCOTrainer(DCOTrainer):
                   "zero3": any(hasattr(p, "ds_id") for p in self.model.parameters()),
                   "kept_fraction": [h["filter_kept_fraction"] for h in self.state.log_history if "filter_kept_fraction" in h]}  # fmt: skip
         (dump / f"rank{rank}.json").write_text(json.dumps(record))
-        params = list(self.model.parameters())
-        zero3 = any(hasattr(p, "ds_id") for p in params)
-        gathered = contextlib.nullcontext()
-        if zero3:  # each rank holds a shard: gather on every rank
-            import deepspeed
-
-            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        with gathered:
-            state = {n: p.detach().to("cpu", torch.float32).clone() for n, p in self.model.named_parameters()}
-        torch.save(state, dump / f"rank{rank}.pt")
+        torch.save(full_params(self.model), dump / f"rank{rank}.pt")
         return out
 
 

@@ -44,6 +44,18 @@ class KillAfterSave(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def full_params(model) -> dict[str, torch.Tensor]:
+    """Every parameter of ``model`` in float32 on CPU; under ZeRO-3 (each rank holds a shard) gathered on every rank."""
+    params = list(model.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gathered:
+        return {name: p.detach().to("cpu", torch.float32).clone() for name, p in model.named_parameters()}
+
+
 class RecordingUnlearnTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,20 +74,11 @@ class RecordingUnlearnTrainer(UnlearnTrainer):
         })
         return loss
 
-    def _gathered(self):
-        params = list(self.model.parameters())
-        if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: each rank holds a shard; gather on every rank
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-        return contextlib.nullcontext()
-
     def train(self, *args, **kwargs):
         out = super().train(*args, **kwargs)
         dump = os.environ["LLMPOST_DIST_DUMP_DIR"]
         rank = self.accelerator.process_index
-        with self._gathered():
-            params = {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.model.named_parameters()}
+        params = full_params(self.model)
         ref = self.ref_forget_logps.clone() if self.ref_forget_logps is not None else None
         torch.save({"params": params, "ref_forget_logps": ref}, os.path.join(dump, f"rank{rank}.pt"))
         grad_norms = {int(h["step"]): float(h["grad_norm"]) for h in self.state.log_history if "grad_norm" in h}
