@@ -1,7 +1,7 @@
 """YAML recipe files + CLI overrides -> typed dataclasses, with errors that name the key and the file.
 
 ``parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)`` reads ``--config FILE.yaml`` (values only, one
-flat mapping of field names), checks every key exists in one of the dataclasses and has the field's type, then lets
+flat mapping of field names, optionally a variant of another file through ``base:``, see :func:`load_yaml`), checks every key exists in one of the dataclasses and has the field's type, then lets
 command-line flags (``--beta 0.2``) override the file, as TRL's ``TrlParser`` does. Range checks live in each
 dataclass's ``__post_init__`` and are reported with the file name too.
 """
@@ -25,6 +25,18 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: str) -> dict:
+    """The flat mapping of a YAML config file.
+
+    ``base: other.yaml`` (a path relative to this file's folder) makes the file a variant of another: the base's
+    mapping (itself possibly based on a third) is read first and this file's keys override it, so a family of configs
+    that differ in a few keys (e.g. the noisy-GRPO correction modes) states each difference once. A cycle of bases,
+    a missing base or a ``base`` that is not a string is a :class:`ConfigError` naming the files.
+    """
+    return _load_chain(path, ())[0]
+
+
+def _load_chain(path: str, seen: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    """``load_yaml``'s mapping and, for each key, the file of the chain of bases it came from."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path!r} does not exist")
@@ -33,10 +45,24 @@ def load_yaml(path: str) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
-        return {}
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at top level, got {type(data).__name__}")
-    return data
+    origin = dict.fromkeys(data, str(path))
+    if "base" not in data:
+        return data, origin
+    base = data.pop("base")
+    del origin["base"]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: key 'base' expects the path of another YAML config, got {base!r}")
+    seen = (*seen, p.resolve())
+    base_path = p.parent / base
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base: {base}' makes a cycle: {' -> '.join(str(s) for s in (*seen, base_path))}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {str(base_path)!r} does not exist")
+    base_data, base_origin = _load_chain(str(base_path), seen)
+    return {**base_data, **data}, {**base_origin, **origin}
 
 
 def _type_ok(value, tp) -> bool:
@@ -85,17 +111,20 @@ def _fields(dataclass_types) -> dict[str, tuple[type, object]]:
     return out
 
 
-def validate_mapping(data: dict, dataclass_types, source: str) -> None:
-    """Raise :class:`ConfigError` for the first unknown key or wrongly typed value in ``data``."""
+def validate_mapping(data: dict, dataclass_types, source: str, origin: dict[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first unknown key or wrongly typed value in ``data``; the message names
+    ``origin[key]`` (the file a key came from, see ``base:``) or else ``source``."""
     fields = _fields(dataclass_types)
+    origin = origin or {}
     for key, value in data.items():
+        where = origin.get(key, source)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=3)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
         dc, tp = fields[key]
         if not _type_ok(value, tp):
-            raise ConfigError(f"{source}: key {key!r} expects {_describe(tp)}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{where}: key {key!r} expects {_describe(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def parse_config(dataclass_types, argv: list[str] | None = None):
@@ -107,9 +136,9 @@ def parse_config(dataclass_types, argv: list[str] | None = None):
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a YAML file path")
         source = argv[i + 1]
-        data = load_yaml(source)
+        data, origin = _load_chain(source, ())
         del argv[i : i + 2]
-        validate_mapping(data, dataclass_types, source)
+        validate_mapping(data, dataclass_types, source, origin)
     parser = HfArgumentParser(dataclass_types)
     # YAML values become parser defaults, so that explicit flags win; enums stay as their string values.
     parser.set_defaults(**{k: (v.value if isinstance(v, enum.Enum) else v) for k, v in data.items()})

@@ -44,12 +44,14 @@ def _types_for(config: Path):
         from llmpost.data.muse import MuseArguments
 
         return (ModelConfig, MuseArguments, UnlearnConfig)
-    if config.name.startswith("grpo_noisy_math"):
+    if config.name.startswith("grpo_noisy_math") or (config.parent.name == "grpo_noisy_math"
+                                                     and not config.name.startswith("tiny_sft")):
         from llmpost.data.math import MathArguments
         from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig
 
-        return (ModelConfig, MathArguments, _recipe_types("grpo_noisy_math").RewardArguments, NoisyGRPOConfig)
-    if config.name.startswith("dco_math"):
+        recipe = _recipe_types("grpo_noisy_math")
+        return (ModelConfig, MathArguments, recipe.RewardArguments, recipe.CurveArguments, NoisyGRPOConfig)
+    if config.name.startswith(("dco_math", "tiny_sft")):
         from llmpost.data.math import MathArguments
         from llmpost.methods.sft import DCOConfig
 
@@ -57,7 +59,7 @@ def _types_for(config: Path):
     raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")
 
 
-SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+SHIPPED = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs").glob("grpo_noisy_math/*.yaml")])
 
 
 def test_there_are_shipped_configs():
@@ -66,7 +68,7 @@ def test_there_are_shipped_configs():
                                        "dco_math.yaml", "dco_math_tiny.yaml"}
 
 
-@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_yaml_loads(config, monkeypatch):
     monkeypatch.chdir(ROOT)
     # GPU configs ask for bf16, which needs a GPU to validate; override on CPU only what the hardware decides
@@ -123,6 +125,31 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         parse_config(UNLEARN, ["--config", _write(tmp_path, "- a\n- b\n")])
     with pytest.raises(ConfigError, match="does not exist"):
         parse_config(UNLEARN, ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_base_config_is_overridden_key_by_key(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("output_dir: x\nuse_cpu: true\nbeta: 0.3\nmethod: npo\n")
+    (tmp_path / "mid.yaml").write_text("base: root.yaml\nbeta: 0.5\n")
+    leaf = tmp_path / "sub" / "leaf.yaml"
+    leaf.write_text("base: ../mid.yaml\nmethod: simnpo\n")  # relative to the file's own folder
+    _, _, args = parse_config(UNLEARN, ["--config", str(leaf)])
+    assert (args.beta, args.method, args.output_dir) == (0.5, UnlearnMethod.SIMNPO, "x")
+    _, _, args = parse_config(UNLEARN, ["--config", str(leaf), "--beta", "0.7"])  # the command line still wins
+    assert args.beta == 0.7
+    (tmp_path / "mid.yaml").write_text("base: root.yaml\nbetta: 0.5\n")  # keys of every file are checked
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'sub' / '..' / 'mid.yaml'}: unknown key 'betta'"):
+        parse_config(UNLEARN, ["--config", str(leaf)])  # the error names the file that has the key
+
+
+@pytest.mark.parametrize("text,match", [("base: a.yaml\n", "makes a cycle"), ("base: missing.yaml\n", "does not exist"),
+                                        ("base: 3\n", "key 'base' expects the path")])
+def test_bad_base_config(tmp_path, text, match):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        parse_config(UNLEARN, ["--config", str(tmp_path / "a.yaml")])
+    assert "b.yaml" in str(e.value)
 
 
 def test_cli_overrides_yaml(tmp_path):
