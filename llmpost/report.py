@@ -183,3 +183,85 @@ def math_report(runs: dict[str, str], plot_path: str | None = None) -> str:
     if plot_path:
         plot_passk(loaded, plot_path)
     return markdown_table(rows, ["problems"] + [f"pass@{k}" for k in ks])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training curves and comparison runs
+
+
+def curve(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """``(steps, values)`` of ``key`` in a trainer's log history (``log_history.json``), in step order; entries
+    without the key, or with a null value, are skipped."""
+    points = sorted((int(h["step"]), float(h[key])) for h in log_history if h.get(key) is not None and "step" in h)
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], list[float], list[float]]:
+    """Mean and standard error (0 for one curve) across runs at the steps every run logged."""
+    if not curves:
+        return [], [], []
+    steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+    means, errs = [], []
+    for step in steps:
+        vals = [v[s.index(step)] for s, v in curves]
+        m = sum(vals) / len(vals)
+        var = sum((x - m) ** 2 for x in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+        means.append(m)
+        errs.append(math.sqrt(var / len(vals)))
+    return steps, means, errs
+
+
+def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
+    """One row of line plots. Each panel: ``{"title", "ylabel", "series": {name: (steps, means, stderrs)},
+    "hline": optional (value, label)}``; a band of +-1 standard error is drawn where it is non-zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=120, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, (steps, means, errs) in panel["series"].items():
+            line = ax.plot(steps, means, label=name)[0]
+            if any(errs):
+                ax.fill_between(steps, [m - e for m, e in zip(means, errs)], [m + e for m, e in zip(means, errs)],
+                                color=line.get_color(), alpha=0.2)
+        if panel.get("hline") is not None:
+            value, label = panel["hline"]
+            ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
+        ax.set_title(panel["title"])
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+class RecipeRunner:
+    """Runs recipes for a comparison script, each in its own process with its output streaming to the terminal,
+    skipping a run whose result file exists (so an interrupted comparison resumes) unless ``rerun``; records wall
+    times in ``timings``."""
+
+    def __init__(self, root: str | os.PathLike, rerun: bool = False):
+        self.root, self.rerun, self.timings = Path(root), rerun, {}
+
+    def run(self, name: str, done_marker: str | os.PathLike, cmd: list[str]) -> None:
+        import subprocess
+        import sys
+        import time
+
+        done_marker = Path(done_marker)
+        if done_marker.is_file() and not self.rerun:
+            print(f"[compare] {name}: reusing {done_marker.parent}", flush=True)
+            return
+        print(f"[compare] {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, *cmd], cwd=self.root, env=env)
+        if proc.returncode:
+            raise SystemExit(f"[compare] {name} failed with exit status {proc.returncode}")
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"[compare] {name}: done in {self.timings[name]:.0f} s", flush=True)

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from llmpost.methods.unlearn import UnlearnMethod  # noqa: E402
 from llmpost.report import (  # noqa: E402
     TABLE_KEYS,
+    RecipeRunner,
     load_run,
     load_summary,
     markdown_table,
@@ -76,26 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class Runner:
-    def __init__(self, out: Path, rerun: bool):
-        self.out, self.rerun, self.timings = out, rerun, {}
-
-    def run(self, name: str, done_marker: Path, cmd: list[str]) -> None:
-        """Run one recipe (its output streams to this terminal) unless its results exist; record its wall time."""
-        if done_marker.is_file() and not self.rerun:
-            print(f"[compare] {name}: reusing {done_marker.parent}", flush=True)
-            return
-        print(f"[compare] {name}: {' '.join(cmd)}", flush=True)
-        t0 = time.perf_counter()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env)
-        if proc.returncode:
-            raise SystemExit(f"[compare] {name} failed with exit status {proc.returncode}")
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        print(f"[compare] {name}: done in {self.timings[name]:.0f} s", flush=True)
-
-
-def compare_tofu(args, runner: Runner, out: Path) -> dict[str, dict]:
+def compare_tofu(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
     ft, unlearn = "configs/finetune_tofu_tiny.yaml", "configs/npo_tofu_tiny.yaml"
     retain_log = out / "retain/eval/TOFU_EVAL.json"
     common = ["--overwrite_output_dir", "true"]
@@ -115,7 +96,7 @@ def compare_tofu(args, runner: Runner, out: Path) -> dict[str, dict]:
     return {name: load_run(out / name / "eval", retain_logs) for name in names}
 
 
-def compare_muse(args, runner: Runner, out: Path) -> dict[str, dict]:
+def compare_muse(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
     from llmpost.eval.muse import SUMMARY_FILE
 
     ft, unlearn = "configs/finetune_muse_tiny.yaml", "configs/npo_muse_tiny.yaml"
@@ -139,7 +120,7 @@ def compare_muse(args, runner: Runner, out: Path) -> dict[str, dict]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
-    runner = Runner(out, args.rerun)
+    runner = RecipeRunner(ROOT, args.rerun)
     t0 = time.perf_counter()
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
                      "methods": args.methods, "tofu_learning_rates": {m: args.lrs.get(m, default_lr(m)) for m in args.methods}}

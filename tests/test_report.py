@@ -57,3 +57,21 @@ def test_markdown_table_and_muse_plot(tmp_path):
     assert table[2:] == ["| target | 0.6123 | - |", "| npo | 0.1 | - |"]
     plot_muse_runs(runs, tmp_path / "m.png")
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_curves_from_log_history_and_their_plot(tmp_path):
+    from llmpost.report import curve, mean_curve, plot_curves
+
+    history = [{"loss": 1.0, "step": 1}, {"heldout/pass@1": 0.25, "step": 2}, {"heldout/pass@1": 0.5, "step": 0},
+               {"heldout/pass@1": None, "step": 3}, {"train_runtime": 1.0}]  # fmt: skip
+    assert curve(history, "heldout/pass@1") == ([0, 2], [0.5, 0.25])  # sorted by step, nulls and other keys skipped
+    assert curve(history, "missing") == ([], [])
+    steps, means, errs = mean_curve([([0, 2], [0.5, 0.25]), ([0, 1, 2], [0.1, 9.0, 0.75])])
+    assert steps == [0, 2]  # only the steps every run logged
+    assert means == pytest.approx([0.3, 0.5])
+    assert errs == pytest.approx([0.2, 0.25])  # sample std / sqrt(2): |a - b| / 2
+    assert mean_curve([([1], [0.4])]) == ([1], [0.4], [0.0])
+    path = tmp_path / "curves.png"
+    plot_curves([{"title": "a", "ylabel": "y", "series": {"run": (steps, means, errs)}, "hline": (0.3, "target")},
+                 {"title": "b", "ylabel": "y", "series": {"run": ([1], [0.4], [0.0])}}], path, title="t")
+    assert path.stat().st_size > 1000 and not list(tmp_path.glob("*.tmp.png"))
