@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 
 from .data.corpus import chunk_texts, load_texts
 from .data.files import DataError
@@ -16,6 +17,7 @@ from .data.muse import DEFAULT_TEMPLATE_ANSWERS, MuseArguments, muse_texts
 from .data.tofu import TemplateArgs, TofuArguments, encode_qa, first_authors, load_split, tokenize_qa
 from .data.unlearn import TemplateAnswers, load_template_answers
 from .ops import IGNORE_INDEX
+from .utils import atomic_write_json
 
 
 def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, include_forget: bool = True):
@@ -188,9 +190,60 @@ def math_evaluator(data_args) -> Evaluator | None:
     return evaluate
 
 
+class HeldOutMathCallback(transformers.TrainerCallback):
+    """Learning curves on held-out MATH (or arithmetic) problems: before the first step and every ``every`` optimizer
+    steps, sample ``num_samples`` completions per problem from the model being trained, grade them with
+    ``math_grading.is_correct`` (the clean checker), and log ``heldout/pass@1`` (mean over problems of the fraction
+    correct) and ``heldout/pass@1_stderr`` (its standard error across problems) at that step.
+
+    Runs on every process (problems sharded, as in ``evaluate_math``); the parameters are gathered for generation
+    under ZeRO-3 (``trl.models.unwrap_model_for_generation``). The entry goes through ``transformers.Trainer.log``,
+    not a subclass's ``log``, so that trainers that average their own metrics per logging interval (TRL's GRPO) keep
+    their cadence. Sampling is seeded (``seed``, the same at every evaluation), so two runs are compared on the same
+    random stream.
+    """
+
+    def __init__(self, trainer, problems, template, every: int, num_samples: int = 4, temperature: float = 1.0,
+                 max_new_tokens: int = 32, seed: int = 0, batch_size: int = 64, max_length: int = 2048):
+        if every < 1 or num_samples < 1:
+            raise ValueError(f"every and num_samples must be >= 1, got every={every}, num_samples={num_samples}")
+        self.trainer, self.problems, self.template, self.every = trainer, list(problems), template, every
+        self.kw = dict(num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                       batch_size=batch_size, max_length=max_length)
+
+    def evaluate(self) -> dict:
+        from trl.models import unwrap_model_for_generation
+
+        from .eval.math import evaluate_math
+
+        trainer = self.trainer
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+            was_training = model.training
+            model.eval()
+            try:
+                summary = evaluate_math(model, trainer.processing_class, self.problems, self.template, output_dir=None,
+                                        **self.kw)
+            finally:
+                model.train(was_training)
+        p1 = summary["pass@k"]["1"]
+        logs = {"heldout/pass@1": p1["mean"], "heldout/pass@1_stderr": p1["stderr"]}
+        transformers.Trainer.log(trainer, logs)
+        return logs
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.evaluate()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            self.evaluate()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Saving and evaluating
 
+
+LOG_HISTORY_FILE = "log_history.json"
 
 Evaluator = Callable[..., dict]
 """``evaluate(model, tokenizer, training_args, eval_dir) -> summary``: a benchmark's evaluation of a saved model, run
@@ -218,10 +271,13 @@ def evaluate_saved(trainer, evaluate: Evaluator, eval_dir: str) -> dict | None:
 
 
 def save_and_evaluate(trainer, evaluate: Evaluator | None, end_training: bool = True) -> dict | None:
-    """End of a recipe: save the model (and tokenizer) to ``output_dir``, evaluate it into ``output_dir/eval`` with
+    """End of a recipe: save the model (and tokenizer) and the trainer's log history (``log_history.json``, a list of
+    the logged dicts) to ``output_dir``, evaluate it into ``output_dir/eval`` with
     ``evaluate`` (``None``: no evaluation), print the summary, and (``end_training``) shut the processes down cleanly.
     Returns the summary on the main process."""
     trainer.save_model(trainer.args.output_dir)  # under ZeRO-3 this gathers the full weights; saves the tokenizer too
+    if trainer.is_world_process_zero():  # the training curves, for reports and plots (trainer_state.json needs a checkpoint)
+        atomic_write_json(os.path.join(trainer.args.output_dir, LOG_HISTORY_FILE), trainer.state.log_history)
     summary = None
     if evaluate is not None:
         summary = evaluate_saved(trainer, evaluate, os.path.join(trainer.args.output_dir, "eval"))
