@@ -11,7 +11,9 @@ The reward is ``verifier`` (rule_based | math_verify) on each completion against
 ``NoisyVerifier(noise_rho0, noise_rho1, noise_seed)`` when a noise rate is > 0 (controlled experiments; 0/0 gives the
 clean verifier). ``rho0``/``rho1`` are the rates the *correction* assumes; ``appeals_fraction > 0`` re-checks that
 fraction of negatives with ``appeal_verifier`` and feeds the online rho1^ to the forward correction. Writes the model
-to ``output_dir`` and, when ``eval_after_training``, ``output_dir/eval/MATH_EVAL.json`` + ``MATH_SUMMARY.json``.
+to ``output_dir`` with its log history (``log_history.json``: ``noisy/*`` every logging step, and
+``heldout/pass@1`` every ``heldout_eval_steps``) and, when ``eval_after_training``, ``output_dir/eval/MATH_EVAL.json``
++ ``MATH_SUMMARY.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from llmpost.methods.noisy_grpo import NoiseRates
 from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig, NoisyGRPOTrainer, VerifierReward
 from llmpost.methods.verifiers import NoisyVerifier, math_verify_verifier, rule_based_verifier
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import math_evaluator, save_and_evaluate
+from llmpost.pipeline import HeldOutMathCallback, math_evaluator, save_and_evaluate
 from llmpost.utils import StrEnum, check_output_dir
 
 
@@ -70,16 +72,38 @@ class RewardArguments:
             raise ValueError(f"noise_rho0/noise_rho1: {e}") from None
 
 
+@dataclass
+class CurveArguments:
+    """Held-out learning curves during training (``llmpost.pipeline.HeldOutMathCallback``)."""
+
+    heldout_eval_steps: int = field(default=0, metadata={"help": "Log heldout/pass@1 on the test problems every this "
+                                                         "many steps and before the first (0: off)."})
+    heldout_num_samples: int = field(default=4, metadata={"help": "Samples per test problem for heldout/pass@1."})
+
+    def __post_init__(self):
+        if self.heldout_eval_steps < 0:
+            raise ValueError(f"heldout_eval_steps: must be >= 0, got {self.heldout_eval_steps}")
+        if self.heldout_num_samples < 1:
+            raise ValueError(f"heldout_num_samples: must be >= 1, got {self.heldout_num_samples}")
+
+
 def build_reward(reward_args: RewardArguments) -> VerifierReward:
-    verifier = make_verifier(reward_args.verifier)
+    """The training reward: the verifier, through the injected noise channel if any. Under injected noise the clean
+    verifier is the monitoring oracle (``noisy/clean_reward``, never used for training)."""
+    verifier = oracle = make_verifier(reward_args.verifier)
     if reward_args.noise_rho0 > 0 or reward_args.noise_rho1 > 0:
         verifier = NoisyVerifier(verifier, reward_args.noise_rho0, reward_args.noise_rho1, reward_args.noise_seed)
-    return VerifierReward(verifier, name="verifier", prefix=reward_args.answer_prefix)
+    else:
+        oracle = None
+    return VerifierReward(verifier, name="verifier", prefix=reward_args.answer_prefix, oracle=oracle)
 
 
-def build(argv=None, trainer_cls=NoisyGRPOTrainer):
-    """Parse the config and build the trainer and the evaluator (also used by the tests, with a capturing subclass)."""
-    model_args, data_args, reward_args, args = parse_config((ModelConfig, MathArguments, RewardArguments, NoisyGRPOConfig), argv)
+def build(argv=None, trainer_cls=None):
+    """Parse the config and build the trainer and the evaluator (also used by the tests, with a capturing subclass;
+    ``None``: this module's ``NoisyGRPOTrainer``, looked up at call time so that a test can swap it)."""
+    trainer_cls = trainer_cls or NoisyGRPOTrainer
+    model_args, data_args, reward_args, curve_args, args = parse_config(
+        (ModelConfig, MathArguments, RewardArguments, CurveArguments, NoisyGRPOConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     evaluate = math_evaluator(data_args)  # loads the test problems now: a bad file stops before training
@@ -90,6 +114,12 @@ def build(argv=None, trainer_cls=NoisyGRPOTrainer):
         model, reward_funcs=build_reward(reward_args), args=args, train_dataset=train, processing_class=tokenizer,
         peft_config=get_peft_config(model_args), appeal_verifier=make_verifier(reward_args.appeal_verifier),
     )
+    if curve_args.heldout_eval_steps:
+        trainer.add_callback(HeldOutMathCallback(
+            trainer, data_args.problems("test"), data_args, every=curve_args.heldout_eval_steps,
+            num_samples=curve_args.heldout_num_samples, temperature=data_args.eval_temperature,
+            max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
+            batch_size=args.per_device_eval_batch_size))  # fmt: skip
     return trainer, evaluate
 
 

@@ -5,8 +5,10 @@ standardisation, and config errors that name the key."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +28,8 @@ _spec.loader.exec_module(recipe)
 # Injected noise with false positives, so the untrained model gets some 1s (the verdicts vary within groups).
 BASE = ["--config", str(ROOT / "configs" / "grpo_noisy_math_tiny.yaml"), "--model_name_or_path", str(TINY_MODEL),
         "--max_steps", "2", "--logging_steps", "1", "--eval_after_training", "false", "--noise_rho0", "0.4",
-        "--noise_rho1", "0.3", "--rho0", "0.4", "--rho1", "0.3", "--disable_tqdm", "true"]
+        "--noise_rho1", "0.3", "--rho0", "0.4", "--rho1", "0.3", "--disable_tqdm", "true", "--heldout_eval_steps", "0",
+        "--num_generations", "4", "--per_device_train_batch_size", "16"]
 MODES = {
     "none": ["--correction", "none"],
     "backward": ["--correction", "backward"],
@@ -42,7 +45,7 @@ class CaptureTrainer(NoisyGRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         self.captured = getattr(self, "captured", [])
         self.captured.append((self._raw_rewards.clone(), self.current_rates(), out["advantages"].clone(),
-                              self.baseline_ema.value))
+                              self.baseline_ema.value, self.scale_ema.value))
         return out
 
 
@@ -64,13 +67,19 @@ def test_two_steps_change_parameters_and_log(runs, mode):
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
     logs = [h for h in trainer.state.log_history if "noisy/raw_reward" in h]
     assert len(logs) == 2
-    keys = ["noisy/raw_reward", "noisy/corrected_score", "noisy/rho1", "noisy/baseline"]
+    keys = ["noisy/raw_reward", "noisy/clean_reward", "noisy/corrected_score", "noisy/rho1", "noisy/baseline",
+            "noisy/scale"]
     if mode == "forward_appeals":
         keys += ["noisy/rho1_hat", "noisy/appeals", "noisy/overturns"]
         assert any(h["noisy/appeals"] > 0 for h in logs)
     for h in logs:
         for k in keys:
             assert math.isfinite(h[k]), (k, h)
+        # The oracle (the clean verifier) sees what the untrained model really does: nothing correct. The verifier's
+        # injected false positives (rho0 = 0.4) are what the policy is trained on.
+        assert h["noisy/clean_reward"] == 0.0 and h["noisy/raw_reward"] > 0.0
+    history = json.loads((Path(trainer.args.output_dir) / "log_history.json").read_text())
+    assert [h["noisy/raw_reward"] for h in history if "noisy/raw_reward" in h] == [h["noisy/raw_reward"] for h in logs]
 
 
 def _capture(tmp_path, *extra, steps="1"):
@@ -83,7 +92,7 @@ def test_advantages_match_hand_computation(tmp_path):
     trainer = _capture(tmp_path, "--correction", "backward", "--baseline", "ema", steps="2")
     g = trainer.num_generations
     ema_before = None
-    for raw, rates, adv, ema_after in trainer.captured:
+    for raw, rates, adv, ema_after, _ in trainer.captured:
         assert set(raw.tolist()) <= {0.0, 1.0}
         scores = corrected_scores(raw, Correction.BACKWARD, rates)
         base = scores.mean().item() if ema_before is None else ema_before
@@ -95,9 +104,36 @@ def test_advantages_match_hand_computation(tmp_path):
     assert rates == NoiseRates(0.4, 0.3)
 
 
+def test_ema_baseline_and_scale_match_hand_computation(tmp_path):
+    trainer = _capture(tmp_path, "--correction", "backward", "--baseline", "ema", "--scale_mode", "ema",
+                       "--ema_decay", "0.5", steps="3")
+    g, base_ema, scale_ema = trainer.num_generations, None, None
+    for raw, rates, adv, base_after, scale_after in trainer.captured:
+        scores = corrected_scores(raw, Correction.BACKWARD, rates)
+        std = scores.std().item()
+        base = scores.mean().item() if base_ema is None else base_ema  # the previous steps' EMA; step 1: its own
+        scale = (std if std > 0 else 1.0) if scale_ema is None else scale_ema
+        torch.testing.assert_close(adv, advantages(scores, g, AdvantageNorm.NONE, baseline=base, scale=scale))
+        base_ema = scores.mean().item() if base_ema is None else 0.5 * base_ema + 0.5 * scores.mean().item()
+        if std > 0:
+            scale_ema = std if scale_ema is None else 0.5 * scale_ema + 0.5 * std
+        assert (base_after, scale_after) == pytest.approx((base_ema, scale_ema))
+    assert scale_ema is not None and scale_ema != 1.0  # the EMA scale was really used
+
+
+def test_heldout_curve_is_logged_and_saved(tmp_path):
+    trainer = recipe.main([*BASE, "--max_steps", "2", "--heldout_eval_steps", "1", "--heldout_num_samples", "2",
+                           "--arithmetic_test_size", "8", "--output_dir", str(tmp_path)])
+    history = json.loads((tmp_path / "log_history.json").read_text())
+    points = [(h["step"], h["heldout/pass@1"]) for h in history if "heldout/pass@1" in h]
+    assert [s for s, _ in points] == [0, 1, 2]  # before training and after every step
+    assert all(0.0 <= v <= 1.0 for _, v in points)
+    assert trainer.model.training  # the callback puts the model back in training mode
+
+
 def test_group_standardisation_cancels_backward(tmp_path):
     trainer = _capture(tmp_path, "--correction", "backward", "--advantage_norm", "group")
-    raw, rates, adv, _ = trainer.captured[0]
+    raw, rates, adv, _, _ = trainer.captured[0]
     g = trainer.num_generations
     assert (raw.view(-1, g).std(dim=1) > 0).any()  # a non-trivial check: some group has varying verdicts
     uncorrected = advantages(corrected_scores(raw, Correction.NONE, rates), g, AdvantageNorm.GROUP)
@@ -109,7 +145,7 @@ def test_group_standardisation_cancels_backward(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("correction", "sideways"), ("advantage_norm", "global"), ("baseline", "mean"),
                                        ("rho1", 1.2), ("rho0", -0.1), ("ema_decay", 1.0), ("appeals_fraction", 1.5),
-                                       ("advantage_scale", 0.0)])
+                                       ("advantage_scale", 0.0), ("scale_mode", "std")])
 def test_config_errors_name_the_key(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         NoisyGRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{key: value})

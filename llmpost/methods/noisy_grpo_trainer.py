@@ -15,8 +15,11 @@ laid out as consecutive groups of ``num_generations`` per prompt) it computes:
    ``forward`` -> R~ - (1 - rho1), with rho1 the configured one, or rho1^ when appeals are on.
 4. Advantages ``A = advantages(s, num_generations, advantage_norm, baseline=b, scale=c)``. With ``advantage_norm:
    none`` (the default): ``A = (s - b) / c`` with ``b = 0`` (``baseline: zero``) or the EMA (``ema_decay``) of the
-   batch-mean score of the *previous* steps (the first batch's own mean at step 1), and ``c = advantage_scale``.
-   ``group``/``batch`` standardise ``s`` as TRL's GRPO does.
+   batch-mean score of the *previous* steps (the first batch's own mean at step 1), and ``c = advantage_scale``
+   (``scale_mode: fixed``) or the EMA of the batch std of the scores of the previous steps (``scale_mode: ema``;
+   batches of constant scores are skipped, and ``advantage_scale`` stands until the first non-constant one).
+   ``group``/``batch`` standardise ``s`` as TRL's GRPO does. An EMA scale, like standardisation, divides out the
+   slope of an affine correction over time (backward's ``1/kappa``), but not within a step and not its shift.
 5. This process's slice of ``A`` (the same ``process_slice`` as TRL) becomes ``output["advantages"]``.
 
 Why ``advantage_norm: none`` is the default: GRPO's group standardisation ``(s - mean_g s) / (std_g s + eps)`` is
@@ -57,18 +60,36 @@ class Baseline(StrEnum):
     EMA = "ema"
 
 
+class ScaleMode(StrEnum):
+    """The scale ``c`` of ``advantage_norm: none``: ``fixed`` (``advantage_scale``) or ``ema`` (of past batch stds)."""
+
+    FIXED = "fixed"
+    EMA = "ema"
+
+
 class VerifierReward:
     """A TRL reward function from a verifier: ``safe_verify(verifier, prefix + completion, answer)`` per completion
-    (0/1). ``prefix``: the start of the answer that the prompt already wrote (e.g. ``\\boxed{``), or empty."""
+    (0/1). ``prefix``: the start of the answer that the prompt already wrote (e.g. ``\\boxed{``), or empty.
 
-    def __init__(self, verifier: Verifier, name: str | None = None, prefix: str = ""):
-        self.verifier, self.prefix = verifier, prefix
+    ``oracle``: an optional clean checker for monitoring only (e.g. the base verifier under injected noise). Its
+    verdicts on the same completions are kept in ``last_oracle`` and logged by ``NoisyGRPOTrainer`` as
+    ``noisy/clean_reward``; they never reach the advantages."""
+
+    def __init__(self, verifier: Verifier, name: str | None = None, prefix: str = "", oracle: Verifier | None = None):
+        self.verifier, self.prefix, self.oracle = verifier, prefix, oracle
         self.__name__ = name or getattr(verifier, "name", getattr(verifier, "__name__", "verifier"))
         self.stats = VerifyStats()
+        self.last_oracle: list[float] | None = None
+
+    def texts(self, completions) -> list[str]:
+        """What the verifiers see: ``prefix`` + each completion (plain text or the last chat message's content)."""
+        return [self.prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
 
     def __call__(self, completions, answer, **kwargs) -> list[float]:
-        texts = [self.prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]  # plain or chat
-        return [float(safe_verify(self.verifier, t, str(a), self.stats)) for t, a in zip(texts, answer, strict=True)]
+        texts, golds = self.texts(completions), [str(a) for a in answer]
+        if self.oracle is not None:
+            self.last_oracle = [float(safe_verify(self.oracle, t, a)) for t, a in zip(texts, golds, strict=True)]
+        return [float(safe_verify(self.verifier, t, a, self.stats)) for t, a in zip(texts, golds, strict=True)]
 
 
 def _enum(name: str, value, enum):
@@ -91,6 +112,8 @@ class NoisyGRPOConfig(trl.GRPOConfig):
     baseline: Baseline = field(default=Baseline.EMA, metadata={"help": "Baseline of advantage_norm none: zero | ema."})
     ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of the baseline and of rho1^, in [0, 1)."})
     advantage_scale: float = field(default=1.0, metadata={"help": "Fixed scale c of advantage_norm none: (s - b) / c."})
+    scale_mode: ScaleMode = field(default=ScaleMode.FIXED, metadata={"help": "fixed (advantage_scale) | ema (EMA of the "
+                                  "batch std of the scores of previous steps; advantage_scale until one is non-constant)."})
     appeals_fraction: float = field(default=0.0, metadata={"help": "q: fraction of negatives appealed (0: off)."})
     appeals_seed: int = field(default=0, metadata={"help": "Seed of the appeal sampling."})
 
@@ -98,6 +121,7 @@ class NoisyGRPOConfig(trl.GRPOConfig):
         self.correction = _enum("correction", self.correction, Correction)
         self.advantage_norm = _enum("advantage_norm", self.advantage_norm, AdvantageNorm)
         self.baseline = _enum("baseline", self.baseline, Baseline)
+        self.scale_mode = _enum("scale_mode", self.scale_mode, ScaleMode)
         NoiseRates(self.rho0, self.rho1)  # its errors name rho0 / rho1
         check_rate("ema_decay", self.ema_decay)
         if not (isinstance(self.advantage_scale, (int, float)) and math.isfinite(self.advantage_scale)
@@ -133,7 +157,9 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
             self.appeals = AppealEstimator(appeal_verifier, q=cfg.appeals_fraction, decay=cfg.ema_decay,
                                            seed=cfg.appeals_seed)
         self.baseline_ema = Ema(cfg.ema_decay)
+        self.scale_ema = Ema(cfg.ema_decay)
         self._raw_rewards: torch.Tensor | None = None
+        self._clean_rewards: torch.Tensor | None = None
         self._appeal_stats: dict | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -143,9 +169,14 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
             raise ValueError(f"reward function {self.reward_func_names[0]!r} must return 0/1 verdicts")
         self._raw_rewards = raw.detach().clone()
         self._appeal_stats = None
+        func = self.reward_funcs[0]
+        oracle = getattr(func, "last_oracle", None) if getattr(func, "oracle", None) is not None else None
+        self._clean_rewards = None
+        if oracle is not None:  # every process has an oracle or none: the same reward function everywhere
+            self._clean_rewards = self.accelerator.gather(torch.tensor(oracle, device=raw.device, dtype=raw.dtype))
         if self.appeals is not None and self.model.training:
-            prefix = getattr(self.reward_funcs[0], "prefix", "")  # what the reward function's verifier saw
-            texts = [prefix + (c if isinstance(c, str) else c[-1]["content"]) for c in completions]
+            texts = func.texts(completions) if isinstance(func, VerifierReward) else [
+                c if isinstance(c, str) else c[-1]["content"] for c in completions]  # what the verifier saw
             all_texts = gather_object(texts)
             all_golds = gather_object([str(x["answer"]) for x in inputs])
             self._appeal_stats = self.appeals.update(raw.cpu(), all_texts, all_golds)
@@ -157,19 +188,37 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
             return NoiseRates(0.0, self.appeals.rho1)  # forward needs only rho1
         return NoiseRates(self.args.rho0, self.args.rho1)
 
+    def _baseline_and_scale(self, scores: torch.Tensor, update: bool) -> tuple[float, float]:
+        """``b`` and ``c`` of ``advantage_norm: none`` for this batch, from the EMAs of the *previous* training batches
+        (so that this batch's advantages do not depend on its own mean/std, except at the first step), then the EMAs
+        take this batch in when ``update``. A batch of constant scores does not update the scale's EMA (its std is 0);
+        before the first non-constant batch the scale is ``advantage_scale``."""
+        cfg = self.args
+        mean = scores.mean().item()
+        std = scores.std().item() if scores.numel() > 1 else 0.0
+        base = 0.0
+        if cfg.baseline == Baseline.EMA:
+            base = self.baseline_ema.value if self.baseline_ema.value is not None else mean
+            if update:
+                self.baseline_ema.update(mean)
+        scale = float(cfg.advantage_scale)
+        if cfg.scale_mode == ScaleMode.EMA:
+            if self.scale_ema.value is not None:
+                scale = self.scale_ema.value
+            elif std > 0:
+                scale = std
+            if update and std > 0:
+                self.scale_ema.update(std)
+        return base, scale
+
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         raw = self._raw_rewards
         group = self.num_generations if mode == "train" else self.num_generations_eval
         scores = corrected_scores(raw.float(), self.args.correction, self.current_rates())
-        base = 0.0
-        if self.args.baseline == Baseline.EMA:
-            base = self.baseline_ema.value if self.baseline_ema.value is not None else scores.mean().item()
-            if mode == "train":
-                self.baseline_ema.update(scores.mean().item())
-        adv = advantages(scores, group_size=group, norm=self.args.advantage_norm, baseline=base,
-                         scale=float(self.args.advantage_scale))
+        base, scale = self._baseline_and_scale(scores, update=mode == "train")
+        adv = advantages(scores, group_size=group, norm=self.args.advantage_norm, baseline=base, scale=scale)
         n_local = len(output["prompt_ids"])
         start = self.accelerator.process_index * n_local
         output["advantages"] = adv[start : start + n_local].to(output["advantages"].device)
@@ -179,8 +228,11 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
         logged.extend(adv.tolist())
         m = self._metrics[mode]
         m["noisy/raw_reward"].append(raw.float().mean().item())
+        if self._clean_rewards is not None:
+            m["noisy/clean_reward"].append(self._clean_rewards.float().mean().item())
         m["noisy/corrected_score"].append(scores.mean().item())
         m["noisy/baseline"].append(float(base))
+        m["noisy/scale"].append(float(scale))
         m["noisy/rho1"].append(self.current_rates().rho1)
         if self.appeals is not None:
             stats = self._appeal_stats or {}
