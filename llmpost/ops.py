@@ -45,17 +45,21 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return logps.masked_fill(~mask, 0.0), mask
 
 
-def token_logps(model, input_ids, attention_mask, labels, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps(model, input_ids, attention_mask, labels, fused: bool = False,
+                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass; per-token log-probabilities of ``labels`` and their mask, each ``(B, T-1)``, float32.
 
     With ``fused=True`` the model must have been patched by :func:`trl.trainer.utils.add_fused_lm_head`: the LM head is
     applied in tiles to the answer positions only and the ``(B, T, V)`` logits are never materialised.
+    ``position_ids`` (optional) are passed to the model: with ``attention_mask=None`` and positions restarting at 0
+    inside a row, transformers' attention keeps the packed documents apart.
     """
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     if fused:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True, **extra)
         _, mask = shift_labels(labels)
         return out.log_probs.float().masked_fill(~mask, 0.0), mask
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     return logps_from_logits(out.logits, labels)
 
 

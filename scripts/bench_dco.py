@@ -1,5 +1,6 @@
-"""Throughput and peak memory of llmpost's ``DCOTrainer`` against stock TRL ``SFTTrainer``, and sampling throughput of
-``llmpost.generation.generate_samples`` (lean loop) against ``transformers`` ``generate``.
+"""Throughput and peak memory of llmpost's ``DCOTrainer`` and ``ReweightTrainer`` (loss-reweighted pretraining)
+against stock TRL ``SFTTrainer``, and sampling throughput of ``llmpost.generation.generate_samples`` (lean loop)
+against ``transformers`` ``generate``.
 
 Launch (CPU default, about 8 minutes on 2 shared cores, 11 with ``--repeats 3``; ``--gpu``: a randomly initialised
 Llama-3.2-1B shape in bf16, 32 rows of 512 tokens per step, sampling 256 new tokens)::
@@ -23,6 +24,14 @@ optimizer (AdamW, constant LR), no logging or checkpointing, and TRL's fused LM 
   backward) instead of forward + backward: ~1.33x (tokens/s ratio ~0.75 against ``dco16``). On random weights every
   answer's probability is ~0 and ``F(16, p) -> 1 > 0.1`` as ``p -> 0``, so nothing is dropped (the JSON reports
   ``filter_kept_fraction``); on a trained model dropped rows cost a scoring forward each on top.
+
+Pretraining (every token of every row a target, rows exactly ``seq_len`` long, so nothing to pack or pad):
+
+* ``trl_sft_lm``: stock TRL ``SFTTrainer`` on the same rows as plain ``input_ids`` (``completion_only_loss=False``).
+* ``rw_uniform`` / ``rw_linupper``: :class:`llmpost.methods.reweight_trainer.ReweightTrainer` with the uniform
+  strategy (plain mean) and with LinUpper weights (r = 1, no warm-up): the weights cost a min, a max and a softmax over
+  the micro-batch's B losses (plus one all-gather of B floats on several processes), so the two should match, and
+  should match TRL within noise (the issue's target: within 5%).
 
 Sampling (``lean`` vs ``hf``): :func:`llmpost.generation.generate_samples` with ``impl="lean"`` and
 ``impl="hf"`` (``model.generate(do_sample=True)``), the same prompts (``--sample_prompts`` random prompts of
@@ -87,12 +96,13 @@ from bench_unlearn import (  # noqa: E402
     word_tokenizer,
 )
 
-TRAINERS = ("dco1", "trl_sft", "dco16", "dco16_filter")
+TRAINERS = ("dco1", "trl_sft", "dco16", "dco16_filter", "trl_sft_lm", "rw_uniform", "rw_linupper")
 WORKERS = (*TRAINERS, "sampling")
 TINY_MODEL = str(Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K")
 # (numerator, denominator, key) of the reported tokens/s and memory ratios
 PAIRS = (("dco1", "trl_sft", "dco1_vs_trl_sft"), ("dco16", "dco1", "dco16_vs_dco1"),
-         ("dco16_filter", "dco16", "dco16_filter_vs_dco16"))
+         ("dco16_filter", "dco16", "dco16_filter_vs_dco16"), ("rw_linupper", "trl_sft_lm", "rw_linupper_vs_trl_sft_lm"),
+         ("rw_uniform", "trl_sft_lm", "rw_uniform_vs_trl_sft_lm"), ("rw_linupper", "rw_uniform", "rw_linupper_vs_rw_uniform"))
 
 
 def parse_args(argv=None):
@@ -159,6 +169,7 @@ def run_trainer(args) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from llmpost.methods.reweight_trainer import ReweightConfig, ReweightTrainer
     from llmpost.methods.sft import DCOConfig, DCOTrainer
 
     baseline_rss = _current_rss()
@@ -196,6 +207,17 @@ def run_trainer(args) -> dict:
         row = trainer.train_dataset[0]
         assert len(row["input_ids"]) == args.seq_len and row["labels"][: args.prompt_len] == [-100] * args.prompt_len \
             and row["labels"][args.prompt_len:] == ids[0, args.prompt_len:].tolist(), "TRL changed the rows"
+    elif name == "trl_sft_lm":  # plain language modelling: every token a target, no packing needed (full rows)
+        data = Dataset.from_dict({"input_ids": ids.tolist()})
+        cfg = SFTConfig(completion_only_loss=False, packing=False, padding_free=False, **common)
+        trainer = SFTTrainer(model, args=cfg, train_dataset=data, processing_class=tokenizer)
+    elif name.startswith("rw_"):
+        positions = torch.arange(args.seq_len).expand(n_rows, -1)
+        data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist(), "position_ids": positions.tolist(),
+                                  "index": list(range(n_rows))})
+        common.pop("max_length")
+        cfg = ReweightConfig(reweight_strategy=name[3:], reweight_temperature=1.0, reweight_warmup_steps=0, **common)
+        trainer = ReweightTrainer(model, cfg, data, tokenizer)
     else:
         labels = ids.masked_fill(completion == 0, -100)
         data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist(),

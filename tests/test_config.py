@@ -51,6 +51,11 @@ def _types_for(config: Path):
 
         recipe = _recipe_types("grpo_noisy_math")
         return (ModelConfig, MathArguments, recipe.RewardArguments, recipe.CurveArguments, NoisyGRPOConfig)
+    if config.name.startswith("reweight_pretrain"):
+        from llmpost.data.pretrain import PretrainArguments
+        from llmpost.methods.reweight_trainer import ReweightConfig
+
+        return (ModelConfig, PretrainArguments, ReweightConfig)
     if config.name.startswith(("dco_math", "tiny_sft")):
         from llmpost.data.math import MathArguments
         from llmpost.methods.sft import DCOConfig

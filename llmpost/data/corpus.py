@@ -27,9 +27,9 @@ from .files import DataError, load_jsonl, read_json
 TEXT_SUFFIXES = (".txt", ".json", ".jsonl")
 
 
-def load_texts(path: str | Path) -> list[str]:
-    """The documents of a local text file (``.txt``, ``.json`` or ``.jsonl``; see the module docstring). Blank
-    documents are dropped; a file with none raises :class:`DataError`."""
+def load_texts(path: str | Path, text_column: str = "text") -> list[str]:
+    """The documents of a local text file (``.txt``, ``.json`` or ``.jsonl``; see the module docstring), objects'
+    text read from ``text_column``. Blank documents are dropped; a file with none raises :class:`DataError`."""
     path = Path(path)
     if path.suffix not in TEXT_SUFFIXES:
         raise DataError(f"text corpus {str(path)!r}: expected a {', '.join(TEXT_SUFFIXES)} file")
@@ -44,18 +44,18 @@ def load_texts(path: str | Path) -> list[str]:
         rows = read_json(path)
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of strings, got {type(rows).__name__}")
-        texts = [r.get("text") if isinstance(r, dict) else r for r in rows]
+        texts = [r.get(text_column) if isinstance(r, dict) else r for r in rows]
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise DataError(f"{path}: item {bad} is not a string nor an object with a 'text' string")
+            raise DataError(f"{path}: item {bad} is not a string nor an object with a {text_column!r} string")
     else:
         ds = load_jsonl(path)
-        if "text" not in ds.column_names:
-            raise DataError(f"{path} lacks column 'text'; it has {ds.column_names}")
-        texts = list(ds["text"])
+        if text_column not in ds.column_names:
+            raise DataError(f"{path} lacks column {text_column!r}; it has {ds.column_names}")
+        texts = list(ds[text_column])
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
-            raise DataError(f"{path}: line {bad + 1}: 'text' is not a string")
+            raise DataError(f"{path}: line {bad + 1}: {text_column!r} is not a string")
     texts = [t.strip() for t in texts if t.strip()]
     if not texts:
         raise DataError(f"text corpus {path} holds no text")
@@ -78,4 +78,39 @@ def chunk_texts(texts: list[str], tokenizer, max_length: int, name: str = "corpu
     return datasets.Dataset.from_dict({
         "input_ids": chunks, "labels": [list(c) for c in chunks], "attention_mask": [[1] * len(c) for c in chunks],
         "index": list(range(len(chunks))),
+    })  # fmt: skip
+
+
+def pack_documents(texts: list[str], tokenizer, seq_length: int, name: str = "corpus") -> datasets.Dataset:
+    """Pretraining rows: every document tokenised as ``BOS text EOS`` (the special tokens the tokenizer has),
+    concatenated in order and cut into rows of exactly ``seq_length`` tokens; the last partial row is dropped (no
+    padding, as in the reweighting authors' and most pretraining pipelines). Rows hold ``input_ids``, ``labels``
+    (= ``input_ids``: every token is predicted), ``position_ids`` (restarting at 0 at the start of each row and of
+    each document in it, so that per-document losses can be told apart and a padding-free attention kernel can keep
+    documents apart) and
+    ``index``. Raises :class:`DataError` naming ``name`` if the corpus is shorter than one row."""
+    if seq_length < 2:
+        raise DataError(f"{name}: seq_length must be >= 2, got {seq_length}")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    import numpy as np
+
+    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    docs = [bos + doc + eos for doc in encoded]
+    total = sum(len(d) for d in docs)
+    rows = total // seq_length
+    if rows == 0:
+        raise DataError(f"{name}: {total} tokens from {len(texts)} documents, fewer than one sequence of "
+                        f"seq_length={seq_length}; add text or lower seq_length")
+    ids = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=total)[: rows * seq_length]
+    is_start = np.zeros(total, dtype=bool)
+    is_start[np.cumsum([0] + [len(d) for d in docs[:-1]])] = True
+    is_start = is_start[: rows * seq_length].reshape(rows, seq_length)
+    is_start[:, 0] = True  # positions also restart at every row
+    index = np.broadcast_to(np.arange(seq_length), (rows, seq_length))
+    last_start = np.maximum.accumulate(np.where(is_start, index, 0), axis=1)
+    input_ids = ids.reshape(rows, seq_length)
+    position_ids = index - last_start
+    return datasets.Dataset.from_dict({  # numpy in: arrow columns without Python lists of every token
+        "input_ids": input_ids, "labels": input_ids, "position_ids": position_ids, "index": np.arange(rows),
     })  # fmt: skip
