@@ -153,15 +153,19 @@ class AppealEstimator:
     ``FN / (TP + FN)`` when positives are true positives (rho0 ~ 0, the rule-based case); false positives in P bias
     it down. It is a ratio estimate: consistent as the batch grows, biased O(1/batch) per step.
 
-    ``rho1`` (what the forward correction should use) is an ``Ema`` of rho1^ over steps with ``decay``, clipped to
-    [0, 0.5); steps without evidence (P + FN^ = 0) leave it unchanged; it is 0 before any evidence.
+    ``rho1`` (what the forward correction should use) is smoothed across steps as a ratio of moving averages:
+    ``EMA(FN^) / (EMA(P) + EMA(FN^))`` with ``decay``, clipped to [0, 0.5); steps without evidence (P + FN^ = 0)
+    leave it unchanged; it is 0 before any evidence. Averaging the counts before dividing pools the evidence of about
+    ``1 / (1 - decay)`` steps, so the ratio's O(1/count) bias shrinks accordingly; an EMA of the per-step ratios
+    keeps the per-step bias, which with small batches is large (measured on the tiny GRPO task, ~8 correct completions
+    per step: 0.26 for an injected 0.3; tested in tests/test_noisy_grpo.py).
     """
 
     def __init__(self, strong: Verifier, q: float = 0.5, decay: float = 0.9, seed: int = 0):
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < float(q) <= 1.0:
             raise ValueError(f"q must be in (0, 1], got q={q!r}")
         self.strong, self.q, self.seed = strong, float(q), seed
-        self._ema = Ema(decay)
+        self._fn, self._pos = Ema(decay), Ema(decay)  # moving averages of FN^ and of P (see the class docstring)
         self._rng = np.random.default_rng(seed)
         self.stats = VerifyStats()
         self.steps = self.total_appeals = self.total_overturns = 0
@@ -169,8 +173,15 @@ class AppealEstimator:
     @property
     def rho1(self) -> float:
         """The smoothed, clipped estimate of rho1 (0.0 before any evidence)."""
-        value = 0.0 if self._ema.value is None else self._ema.value
+        if self._fn.value is None:
+            return 0.0
+        value = self._fn.value / (self._pos.value + self._fn.value)
         return float(min(max(value, 0.0), np.nextafter(RHO1_CAP, 0.0)))
+
+    @property
+    def has_evidence(self) -> bool:
+        """Whether some step had positives or estimated false negatives."""
+        return self._fn.value is not None
 
     def update(self, rewards, completions, golds) -> dict:
         """Appeal a random fraction q of this step's negatives; returns ``rewards`` (a float tensor, each overturned
@@ -198,7 +209,8 @@ class AppealEstimator:
         denom = positives + fn_hat
         rho1_raw = fn_hat / denom if denom > 0 else 0.0
         if denom > 0:
-            self._ema.update(rho1_raw)
+            self._fn.update(fn_hat)
+            self._pos.update(positives)
         self.steps += 1
         self.total_appeals += int(appealed.sum().item())
         self.total_overturns += overturns
