@@ -75,14 +75,16 @@ def run_metrics(run_dir: Path) -> dict:
     last = steps[-1]
     tail = [v for s, v in zip(steps, clean) if s > last - TAIL]
     h_steps, heldout = curve(history, "heldout/pass@1")
-    _, rho1_hat = curve(history, "noisy/rho1_hat")
+    r_steps, rho1_hat = curve(history, "noisy/rho1_hat")
+    settled = [v for st, v in zip(r_steps, rho1_hat) if st > 100]  # after the moving averages fill
     _, raw = curve(history, "noisy/raw_reward")
     return {
         "clean_reward_start": clean[0], "clean_reward_end": sum(tail) / len(tail),
         "verifier_reward_end": sum(raw[-len(tail):]) / len(tail),
         "heldout_pass@1_start": heldout[0] if h_steps and h_steps[0] == 0 else None,
         "heldout_pass@1_end": summary["pass@k"]["1"]["mean"], "heldout_pass@16_end": summary["pass@k"]["16"]["mean"],
-        "rho1_hat_end": rho1_hat[-1] if rho1_hat else None, "steps": last,
+        "rho1_hat_end": rho1_hat[-1] if rho1_hat else None,
+        "rho1_hat_mean_after_100": sum(settled) / len(settled) if settled else None, "steps": last,
     }  # fmt: skip
 
 
@@ -137,7 +139,7 @@ def main(argv=None) -> None:
                 title=f"GRPO with a noisy verifier (injected rho1 = {INJECTED_RHO1}), stories260K, "
                       f"mean ± s.e. over {len(args.seeds)} seeds")  # fmt: skip
     keys = ["clean_reward_start", "clean_reward_end", "verifier_reward_end", "heldout_pass@1_start",
-            "heldout_pass@1_end", "heldout_pass@16_end", "rho1_hat_end", "steps"]
+            "heldout_pass@1_end", "heldout_pass@16_end", "rho1_hat_end", "rho1_hat_mean_after_100", "steps"]
     table = markdown_table(rows, keys, first_column="mode")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     atomic_write_json(out / "noisy_grpo.json", {"machine": machine, "seeds": args.seeds, "runs": per_run,
