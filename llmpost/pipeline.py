@@ -268,7 +268,9 @@ class HeldOutMathCallback(transformers.TrainerCallback):
                 model.train(was_training)
         p1 = summary["pass@k"]["1"]
         logs = {"heldout/pass@1": p1["mean"], "heldout/pass@1_stderr": p1["stderr"]}
+        should_log = trainer.control.should_log  # the handler's on_log clears it: keep this step's regular log
         transformers.Trainer.log(trainer, logs)
+        trainer.control.should_log = should_log
         return logs
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -127,6 +127,7 @@ def test_heldout_curve_is_logged_and_saved(tmp_path):
     history = json.loads((tmp_path / "log_history.json").read_text())
     points = [(h["step"], h["heldout/pass@1"]) for h in history if "heldout/pass@1" in h]
     assert [s for s, _ in points] == [0, 1, 2]  # before training and after every step
+    assert [h["step"] for h in history if "noisy/raw_reward" in h] == [1, 2]  # the regular logs are all still there
     assert all(0.0 <= v <= 1.0 for _, v in points)
     assert trainer.model.training  # the callback puts the model back in training mode
 
