@@ -213,16 +213,22 @@ def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], 
 
 def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
     """One row of line plots. Each panel: ``{"title", "ylabel", "series": {name: (steps, means, stderrs)},
-    "hline": optional (value, label)}``; a band of +-1 standard error is drawn where it is non-zero."""
+    "hline": optional (value, label)}``; a band of +-1 standard error is drawn where it is non-zero, and a series
+    name has the same colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=120, squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors: dict[str, str] = {}  # one colour per series name in every panel
+    for panel in panels:
+        for name in panel["series"]:
+            colors.setdefault(name, cycle[len(colors) % len(cycle)])
     for ax, panel in zip(axes[0], panels):
         for name, (steps, means, errs) in panel["series"].items():
-            line = ax.plot(steps, means, label=name)[0]
+            line = ax.plot(steps, means, label=name, color=colors[name])[0]
             if any(errs):
                 ax.fill_between(steps, [m - e for m, e in zip(means, errs)], [m + e for m, e in zip(means, errs)],
                                 color=line.get_color(), alpha=0.2)
