@@ -38,7 +38,7 @@ import torch
 from ..utils import StrEnum
 
 __all__ = ["ReweightStrategy", "normalize_losses", "reweighted_loss", "sample_weights", "strategy_scores",
-           "weight_stats"]
+           "weight_stat_tensors", "weight_stats"]
 
 DENOMINATOR_FLOOR = 1e-6  # the authors' max(l_max - l_min, 1e-6)
 
@@ -114,11 +114,18 @@ def reweighted_loss(local_losses: torch.Tensor, local_weights: torch.Tensor, wor
     return world_size * (local_weights.detach().to(local_losses.dtype) * local_losses).sum()
 
 
-def weight_stats(weights: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
-    """What to log per step: the largest and smallest weight times B (1 = uniform), the effective sample size
-    ``1 / sum w^2`` as a fraction of B, and the 10/50/90% quantiles of the per-sequence losses."""
+def weight_stat_tensors(weights: torch.Tensor, losses: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What to log per step, as 0-d tensors on the weights' device (no host synchronisation): the largest and
+    smallest weight times B (1 = uniform), the effective sample size ``1 / sum w^2`` as a fraction of B, and the
+    10/50/90% quantiles of the per-sequence losses."""
     w, n = weights.detach().double(), weights.numel()
-    q = torch.quantile(losses.detach().double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    return {"reweight/max_weight_x_b": (w.max() * n).item(), "reweight/min_weight_x_b": (w.min() * n).item(),
-            "reweight/ess_fraction": (1.0 / w.square().sum() / n).item(), "reweight/loss_q10": q[0].item(),
-            "reweight/loss_q50": q[1].item(), "reweight/loss_q90": q[2].item()}  # fmt: skip
+    levels = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=w.device)
+    q = torch.quantile(losses.detach().double(), levels)
+    return {"reweight/max_weight_x_b": w.max() * n, "reweight/min_weight_x_b": w.min() * n,
+            "reweight/ess_fraction": 1.0 / w.square().sum() / n, "reweight/loss_q10": q[0],
+            "reweight/loss_q50": q[1], "reweight/loss_q90": q[2]}  # fmt: skip
+
+
+def weight_stats(weights: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    """:func:`weight_stat_tensors` as Python floats."""
+    return {k: v.item() for k, v in weight_stat_tensors(weights, losses).items()}

@@ -39,7 +39,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 from ..ops import IGNORE_INDEX, token_logps
 from ..utils import StrEnum
-from .reweight import ReweightStrategy, reweighted_loss, sample_weights, weight_stats
+from .reweight import ReweightStrategy, reweighted_loss, sample_weights, weight_stat_tensors
 from .step_metrics import flush_metrics
 
 
@@ -171,8 +171,8 @@ class ReweightTrainer(Trainer):
         self.last_weights = weights
         local = weights[offset : offset + losses.numel()]
         if args.logging_strategy != "no":
-            for key, value in weight_stats(weights, gathered).items():  # identical on every process
-                self._metrics[key].append(torch.tensor(value, device=losses.device))
+            for key, value in weight_stat_tensors(weights, gathered).items():  # identical on every process; no sync
+                self._metrics[key].append(value.float())
         loss = reweighted_loss(losses, local, self.accelerator.num_processes)
         return (loss, {"loss": loss}) if return_outputs else loss
 
