@@ -1,4 +1,4 @@
-"""Small I/O helpers: atomic result files, output-directory guard."""
+"""Small helpers: atomic result files, output-directory guard, string enums and their config check."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ except ImportError:  # Python 3.10
 
         def __str__(self) -> str:
             return str(self.value)
+
+
+def parse_enum(name: str, value, enum: type[Enum]):
+    """``enum(value)``, or ``ValueError("name: value is not one of [...]")`` naming the config key ``name``: the
+    check every config dataclass runs on its enum fields in ``__post_init__``."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not one of {[e.value for e in enum]}") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

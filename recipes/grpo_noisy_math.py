@@ -30,7 +30,7 @@ from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig, NoisyGRPOTrainer
 from llmpost.methods.verifiers import NoisyVerifier, math_verify_verifier, rule_based_verifier
 from llmpost.models import load_model, load_tokenizer
 from llmpost.pipeline import HeldOutMathCallback, math_evaluator, save_and_evaluate
-from llmpost.utils import StrEnum, check_output_dir
+from llmpost.utils import StrEnum, check_output_dir, parse_enum
 
 
 class VerifierKind(StrEnum):
@@ -62,10 +62,7 @@ class RewardArguments:
 
     def __post_init__(self):
         for name in ("verifier", "appeal_verifier"):
-            try:
-                setattr(self, name, VerifierKind(getattr(self, name)))
-            except ValueError:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {[v.value for v in VerifierKind]}") from None
+            setattr(self, name, parse_enum(name, getattr(self, name), VerifierKind))
         try:
             NoiseRates(self.noise_rho0, self.noise_rho1)
         except ValueError as e:

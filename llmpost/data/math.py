@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import datasets
 
-from ..utils import StrEnum
+from ..utils import StrEnum, parse_enum
 from .files import DataError, load_jsonl
 from .tofu import TemplateArgs, _chat, _wrap, encode_prompt, encode_qa
 
@@ -150,10 +150,7 @@ class MathArguments(MathTemplateArgs):
 
     def __post_init__(self):
         for name, enum in (("target", MathTarget), ("task", MathTask)):
-            try:
-                setattr(self, name, enum(getattr(self, name)))
-            except ValueError:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {[e.value for e in enum]}") from None
+            setattr(self, name, parse_enum(name, getattr(self, name), enum))
         if self.eval_num_samples < 1:
             raise ValueError(f"eval_num_samples: must be >= 1, got {self.eval_num_samples}")
         if self.eval_temperature < 0:

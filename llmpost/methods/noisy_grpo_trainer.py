@@ -46,7 +46,7 @@ import torch
 import trl
 from accelerate.utils import gather_object
 
-from ..utils import StrEnum
+from ..utils import StrEnum, parse_enum
 from .noisy_grpo import AdvantageNorm, Correction, Ema, NoiseRates, advantages, check_rate, corrected_scores
 from .verifiers import AppealEstimator, Verifier, VerifyStats, safe_verify
 
@@ -92,12 +92,6 @@ class VerifierReward:
         return [float(safe_verify(self.verifier, t, a, self.stats)) for t, a in zip(texts, golds, strict=True)]
 
 
-def _enum(name: str, value, enum):
-    try:
-        return enum(value)
-    except ValueError:
-        raise ValueError(f"{name}: {value!r} is not one of {[e.value for e in enum]}") from None
-
 
 @dataclass
 class NoisyGRPOConfig(trl.GRPOConfig):
@@ -118,10 +112,10 @@ class NoisyGRPOConfig(trl.GRPOConfig):
     appeals_seed: int = field(default=0, metadata={"help": "Seed of the appeal sampling."})
 
     def __post_init__(self):
-        self.correction = _enum("correction", self.correction, Correction)
-        self.advantage_norm = _enum("advantage_norm", self.advantage_norm, AdvantageNorm)
-        self.baseline = _enum("baseline", self.baseline, Baseline)
-        self.scale_mode = _enum("scale_mode", self.scale_mode, ScaleMode)
+        self.correction = parse_enum("correction", self.correction, Correction)
+        self.advantage_norm = parse_enum("advantage_norm", self.advantage_norm, AdvantageNorm)
+        self.baseline = parse_enum("baseline", self.baseline, Baseline)
+        self.scale_mode = parse_enum("scale_mode", self.scale_mode, ScaleMode)
         NoiseRates(self.rho0, self.rho1)  # its errors name rho0 / rho1
         check_rate("ema_decay", self.ema_decay)
         if not (isinstance(self.advantage_scale, (int, float)) and math.isfinite(self.advantage_scale)

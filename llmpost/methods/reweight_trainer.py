@@ -38,7 +38,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from trl.trainer.utils import add_fused_lm_head
 
 from ..ops import IGNORE_INDEX, token_logps
-from ..utils import StrEnum
+from ..utils import StrEnum, parse_enum
 from .reweight import ReweightStrategy, reweighted_loss, sample_weights, weight_stat_tensors
 from .step_metrics import flush_metrics
 
@@ -49,12 +49,6 @@ class ReweightUnit(StrEnum):
     ROW = "row"
     DOCUMENT = "document"
 
-
-def _enum(name: str, value, enum):
-    try:
-        return enum(value)
-    except ValueError:
-        raise ValueError(f"{name}: {value!r} is not one of {[e.value for e in enum]}") from None
 
 
 @dataclass
@@ -74,8 +68,8 @@ class ReweightConfig(TrainingArguments):
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
 
     def __post_init__(self):
-        self.reweight_strategy = _enum("reweight_strategy", self.reweight_strategy, ReweightStrategy)
-        self.reweight_unit = _enum("reweight_unit", self.reweight_unit, ReweightUnit)
+        self.reweight_strategy = parse_enum("reweight_strategy", self.reweight_strategy, ReweightStrategy)
+        self.reweight_unit = parse_enum("reweight_unit", self.reweight_unit, ReweightUnit)
         for name in ("reweight_temperature", "reweight_delta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):

@@ -41,6 +41,7 @@ from trl.trainer.utils import add_fused_lm_head
 from ..data.collators import pad_examples
 from ..generation import pad_token_id
 from ..ops import token_logps
+from ..utils import parse_enum
 from .dco import DCOReduction, dco_loss, dco_weight
 from .step_metrics import flush_metrics
 
@@ -59,10 +60,7 @@ class DCOConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the 'index' column is used."})
 
     def __post_init__(self):
-        try:
-            self.dco_reduction = DCOReduction(self.dco_reduction)
-        except ValueError:
-            raise ValueError(f"dco_reduction: {self.dco_reduction!r} is not one of {[r.value for r in DCOReduction]}") from None
+        self.dco_reduction = parse_enum("dco_reduction", self.dco_reduction, DCOReduction)
         if self.dco_n < 1:
             raise ValueError(f"dco_n: must be an integer >= 1, got {self.dco_n}")
         if not 0 <= self.dco_threshold < 1:

@@ -39,7 +39,7 @@ from ..data.collators import ForgetRetainCollator, pad_examples
 from ..epochs import EpochCallback
 from ..generation import pad_token_id
 from ..ops import masked_mean, sequence_logps, shift_labels, token_logps
-from ..utils import StrEnum
+from ..utils import StrEnum, parse_enum
 from .dpo import dpo_loss
 from .flat import FDivergence, flat_batch_loss, flat_loss
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
@@ -113,11 +113,7 @@ class UnlearnConfig(TrainingArguments):
     def __post_init__(self):
         for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("reference", Reference),
                            ("flat_divergence", FDivergence), ("flat_reduction", FlatReduction)):
-            value = getattr(self, name)
-            try:
-                setattr(self, name, enum(value))
-            except ValueError:
-                raise ValueError(f"{name}: {value!r} is not one of {[e.value for e in enum]}") from None
+            setattr(self, name, parse_enum(name, getattr(self, name), enum))
         for name in ("beta", "simnpo_beta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
