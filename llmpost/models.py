@@ -33,13 +33,29 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
+def _model_kwargs(model_args) -> dict:
+    """The dtype and attention implementation a TRL ``ModelConfig`` asks for."""
+    kwargs = {"dtype": model_args.dtype or "float32"}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return kwargs
+
+
 def load_model(model_args, trust_remote_code: bool = False, path: str | None = None):
     """Causal LM from a TRL ``ModelConfig`` (dtype, attention implementation, revision)."""
     path = check_model_path(path or model_args.model_name_or_path)
-    kwargs = dict(revision=model_args.model_revision, trust_remote_code=trust_remote_code, dtype=model_args.dtype or "float32")
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, revision=model_args.model_revision,
+                                                trust_remote_code=trust_remote_code, **_model_kwargs(model_args))
+
+
+def init_model(model_args, config_path: str, seed: int):
+    """A randomly initialised causal LM of the architecture in ``config_path`` (a ``config.json`` or its folder),
+    seeded, with ``model_args``' dtype and attention implementation."""
+    from transformers import AutoConfig, set_seed
+
+    config = AutoConfig.from_pretrained(config_path)
+    set_seed(seed)
+    return AutoModelForCausalLM.from_config(config, **_model_kwargs(model_args))
 
 
 def load_saved_model(path: str, dtype="float32", trust_remote_code: bool = False, merge: bool = True):

@@ -23,28 +23,15 @@ a checkpoint is identical across launches (tested against one process under DDP 
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.pretrain import PretrainArguments, pretrain_splits
 from llmpost.methods.reweight_trainer import ReweightConfig, ReweightTrainer
-from llmpost.models import load_model, load_tokenizer
+from llmpost.models import init_model, load_model, load_tokenizer
 from llmpost.pipeline import pretrain_evaluator, save_and_evaluate
 from llmpost.utils import check_output_dir
-
-
-def build_model(model_args: ModelConfig, data_args: PretrainArguments, args: ReweightConfig):
-    """A random initialisation of ``model_config`` (seeded), or the weights of ``model_name_or_path``."""
-    if data_args.model_config is None:
-        return load_model(model_args, args.trust_remote_code if hasattr(args, "trust_remote_code") else False)
-    config = AutoConfig.from_pretrained(data_args.model_config)
-    set_seed(args.seed)
-    kwargs = {"dtype": model_args.dtype or "float32"}
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def build(argv=None):
@@ -54,7 +41,10 @@ def build(argv=None):
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train, validation = pretrain_splits(data_args, tokenizer)
-    model = build_model(model_args, data_args, args)
+    if data_args.model_config is None:  # continued pretraining
+        model = load_model(model_args)
+    else:  # from scratch
+        model = init_model(model_args, data_args.model_config, args.seed)
     trainer = ReweightTrainer(model, args, train, tokenizer, eval_dataset=validation,
                               peft_config=get_peft_config(model_args))  # fmt: skip
     return trainer, pretrain_evaluator(validation)
