@@ -196,19 +196,20 @@ def curve(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
+def mean_stderr(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n); 0 for one value)."""
+    m = sum(values) / len(values)
+    var = sum((x - m) ** 2 for x in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return m, math.sqrt(var / len(values))
+
+
 def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], list[float], list[float]]:
     """Mean and standard error (0 for one curve) across runs at the steps every run logged."""
     if not curves:
         return [], [], []
     steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
-    means, errs = [], []
-    for step in steps:
-        vals = [v[s.index(step)] for s, v in curves]
-        m = sum(vals) / len(vals)
-        var = sum((x - m) ** 2 for x in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-        means.append(m)
-        errs.append(math.sqrt(var / len(vals)))
-    return steps, means, errs
+    stats = [mean_stderr([v[s.index(step)] for s, v in curves]) for step in steps]
+    return steps, [m for m, _ in stats], [e for _, e in stats]
 
 
 def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None = None) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmpost.pipeline import LOG_HISTORY_FILE  # noqa: E402
-from llmpost.report import RecipeRunner, curve, markdown_table, mean_curve, plot_curves  # noqa: E402
+from llmpost.report import RecipeRunner, curve, markdown_table, mean_curve, mean_stderr, plot_curves  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 MODES = ["clean", "uncorrected", "backward", "forward", "forward_appeals"]
@@ -56,13 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _mean_err(values: list[float]) -> tuple[float | None, float | None]:
+def _mean_err(values: list[float | None]) -> tuple[float | None, float | None]:
+    """``mean_stderr`` of the values that are not None (a metric some modes lack), else ``(None, None)``."""
     values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    var = sum((x - m) ** 2 for x in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return m, math.sqrt(var / len(values))
+    return mean_stderr(values) if values else (None, None)
 
 
 def run_metrics(run_dir: Path) -> dict:

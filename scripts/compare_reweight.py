@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmpost.methods.reweight import ReweightStrategy  # noqa: E402
 from llmpost.pipeline import LOG_HISTORY_FILE, PRETRAIN_EVAL_FILE  # noqa: E402
-from llmpost.report import RecipeRunner, curve, markdown_table, mean_curve, plot_curves  # noqa: E402
+from llmpost.report import RecipeRunner, curve, markdown_table, mean_curve, mean_stderr, plot_curves  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 STRATEGIES = [s.value for s in ReweightStrategy][::-1]  # uniform first
@@ -49,12 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     return args
-
-
-def _mean_err(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    var = sum((x - m) ** 2 for x in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return m, math.sqrt(var / len(values))
 
 
 def main(argv=None) -> None:
@@ -82,8 +75,8 @@ def main(argv=None) -> None:
         curves = curves_by[strategy] = [curve(h, "eval_loss") for h in histories]
         series[strategy] = mean_curve(curves)
         ess = [curve(h, "reweight/ess_fraction")[1] for h in histories]
-        loss, loss_err = _mean_err([f["eval_loss"] for f in finals])
-        ppl, _ = _mean_err([f["perplexity"] for f in finals])
+        loss, loss_err = mean_stderr([f["eval_loss"] for f in finals])
+        ppl, _ = mean_stderr([f["perplexity"] for f in finals])
         rows[strategy] = {"final val loss": f"{loss:.4f} ± {loss_err:.4f}", "final perplexity": round(ppl, 2),
                           "mean ESS / B after warm-up": round(sum(sum(e[1:]) / max(1, len(e) - 1) for e in ess) / len(ess), 3),
                           "steps": max(h["step"] for h in histories[0] if "step" in h),
@@ -92,7 +85,7 @@ def main(argv=None) -> None:
         if "uniform" in args.strategies:
             uniform_finals = [json.loads((out / f"uniform_seed{k}" / "eval" / PRETRAIN_EVAL_FILE).read_text())
                               for k in args.seeds]  # fmt: skip
-            diff, err = _mean_err([f["eval_loss"] - u["eval_loss"] for f, u in zip(finals, uniform_finals)])
+            diff, err = mean_stderr([f["eval_loss"] - u["eval_loss"] for f, u in zip(finals, uniform_finals)])
             rows[strategy]["final val loss - uniform (paired)"] = f"{diff:+.4f} ± {err:.4f}"
     figure = [{"title": "validation loss (256 held-out rows x 128 tokens)", "ylabel": "token-mean loss (nats)",
                "series": series}]  # fmt: skip
