@@ -40,3 +40,44 @@ def tokenizer():
     from llmpost.models import load_tokenizer
 
     return load_tokenizer(str(TINY_MODEL))
+
+
+# ----- launching a recipe on several CPU processes (the tier-3 distributed tests) ----------------------------------
+
+# accelerate config, recipe flags, whether accelerate runs with ACCELERATE_USE_CPU. DeepSpeed must not see a CPU flag
+# (accelerate then drops DeepSpeed altogether), and needs gloo on CPU.
+CPU_BACKENDS = {"ddp": ("configs/accelerate/cpu_ddp.yaml", {}, True),
+                "zero3": ("configs/accelerate/cpu_zero3.yaml", {"ddp_backend": "gloo", "use_cpu": "false"}, False)}
+
+
+def accelerate_cmd(config: str, script, args: list[str], processes: int = 2) -> list[str]:
+    """``accelerate launch`` of ``script`` on ``processes`` processes with a free main-process port."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
+            str(processes), "--main_process_port", str(port), str(script), *args]  # fmt: skip
+
+
+def run_dumped(cmd: list, dump: Path, world: int, use_cpu: bool = True) -> list[dict]:
+    """Run a recording helper (``tests/*_dist_helper.py``) with ``$LLMPOST_DIST_DUMP_DIR=dump``; every rank's
+    ``rank{R}.json`` record with its ``rank{R}.pt`` parameters under ``"state"``, in rank order."""
+    import json
+    import subprocess
+
+    import torch
+
+    env = dict(os.environ, LLMPOST_DIST_DUMP_DIR=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")  # fmt: skip
+    env.pop("ACCELERATE_USE_CPU", None)
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
+    files = sorted(p.name for p in dump.glob("rank*.json"))
+    assert files == [f"rank{r}.json" for r in range(world)]
+    return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
+            for r in range(world)]  # fmt: skip

@@ -8,19 +8,9 @@ parameter) into ``$LLMPOST_DIST_DUMP_DIR``. Nothing here changes the training it
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import sys
-from pathlib import Path
+from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-import torch
-from dist_launch_helper import full_params  # this script's directory is on sys.path
-
-from llmpost.config import run_main
 from llmpost.methods.sft import DCOTrainer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class RecordingDCOTrainer(DCOTrainer):
@@ -35,23 +25,10 @@ class RecordingDCOTrainer(DCOTrainer):
 
     def train(self, *args, **kwargs):
         out = super().train(*args, **kwargs)
-        dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
-        rank = self.accelerator.process_index
-        record = {"rank": rank, "world_size": self.accelerator.num_processes, "seen": self.seen,
-                  "zero3": any(hasattr(p, "ds_id") for p in self.model.parameters()),
-                  "kept_fraction": [h["filter_kept_fraction"] for h in self.state.log_history if "filter_kept_fraction" in h]}  # fmt: skip
-        (dump / f"rank{rank}.json").write_text(json.dumps(record))
-        torch.save(full_params(self.model), dump / f"rank{rank}.pt")
+        dump_rank(self, {"seen": self.seen, "kept_fraction": [h["filter_kept_fraction"] for h in self.state.log_history
+                                                              if "filter_kept_fraction" in h]})  # fmt: skip
         return out
 
 
-def main():
-    spec = importlib.util.spec_from_file_location("dco_math", REPO / "recipes" / "dco_math.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    recipe.DCOTrainer = RecordingDCOTrainer
-    run_main(recipe.main, sys.argv[1:])
-
-
 if __name__ == "__main__":
-    main()
+    run_recipe_with("dco_math", DCOTrainer=RecordingDCOTrainer)

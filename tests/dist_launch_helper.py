@@ -56,6 +56,29 @@ def full_params(model) -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", torch.float32).clone() for name, p in model.named_parameters()}
 
 
+def dump_rank(trainer, record: dict) -> None:
+    """Write this process's ``rank{R}.json`` (``record`` plus its rank, the world size and whether the parameters are
+    ZeRO-3 shards) and ``rank{R}.pt`` (:func:`full_params`) into ``$LLMPOST_DIST_DUMP_DIR``."""
+    dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
+    rank = trainer.accelerator.process_index
+    zero3 = any(hasattr(p, "ds_id") for p in trainer.model.parameters())
+    record = {"rank": rank, "world_size": trainer.accelerator.num_processes, "zero3": zero3, **record}
+    (dump / f"rank{rank}.json").write_text(json.dumps(record))
+    torch.save(full_params(trainer.model), dump / f"rank{rank}.pt")
+
+
+def run_recipe_with(recipe: str, **swaps) -> None:
+    """Run ``recipes/<recipe>.py``'s ``main`` on this process's arguments, with module attributes replaced by
+    ``swaps`` (e.g. its trainer class by a recording subclass); the module is registered so dataclasses resolve."""
+    spec = importlib.util.spec_from_file_location(recipe, REPO / "recipes" / f"{recipe}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[recipe] = module
+    spec.loader.exec_module(module)
+    for name, value in swaps.items():
+        setattr(module, name, value)
+    run_main(module.main, sys.argv[1:])
+
+
 class RecordingUnlearnTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,11 +125,7 @@ class RecordingUnlearnTrainer(UnlearnTrainer):
 
 
 def main() -> None:
-    spec = importlib.util.spec_from_file_location("npo_tofu_recipe", REPO / "recipes" / "npo_tofu.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    recipe.UnlearnTrainer = RecordingUnlearnTrainer
-    run_main(recipe.main, sys.argv[1:])
+    run_recipe_with("npo_tofu", UnlearnTrainer=RecordingUnlearnTrainer)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,9 @@ the EMA baseline/scale, the appeals estimate and counts; after ``train()`` it wr
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import sys
-from pathlib import Path
+from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-import torch
-from dist_launch_helper import full_params  # this script's directory is on sys.path
-
-from llmpost.config import run_main
 from llmpost.methods.noisy_grpo_trainer import NoisyGRPOTrainer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class RecordingNoisyGRPOTrainer(NoisyGRPOTrainer):
@@ -45,23 +35,9 @@ class RecordingNoisyGRPOTrainer(NoisyGRPOTrainer):
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
-        dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
-        rank = self.accelerator.process_index
-        record = {"rank": rank, "world_size": self.accelerator.num_processes, "records": self.records,
-                  "zero3": any(hasattr(p, "ds_id") for p in self.model.parameters())}  # fmt: skip
-        (dump / f"rank{rank}.json").write_text(json.dumps(record))
-        torch.save(full_params(self.model), dump / f"rank{rank}.pt")
+        dump_rank(self, {"records": self.records})
         return result
 
 
-def main():
-    spec = importlib.util.spec_from_file_location("grpo_noisy_math", REPO / "recipes" / "grpo_noisy_math.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules["grpo_noisy_math"] = recipe  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(recipe)
-    recipe.NoisyGRPOTrainer = RecordingNoisyGRPOTrainer
-    run_main(recipe.main, sys.argv[1:])
-
-
 if __name__ == "__main__":
-    main()
+    run_recipe_with("grpo_noisy_math", NoisyGRPOTrainer=RecordingNoisyGRPOTrainer)

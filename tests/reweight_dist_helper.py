@@ -9,19 +9,9 @@ this process's rows, the global weights and this process's loss; after ``train()
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import sys
-from pathlib import Path
+from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-import torch
-from dist_launch_helper import full_params  # this script's directory is on sys.path
-
-from llmpost.config import run_main
 from llmpost.methods.reweight_trainer import ReweightTrainer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class RecordingReweightTrainer(ReweightTrainer):
@@ -38,23 +28,9 @@ class RecordingReweightTrainer(ReweightTrainer):
 
     def train(self, *args, **kwargs):
         out = super().train(*args, **kwargs)
-        dump = Path(os.environ["LLMPOST_DIST_DUMP_DIR"])
-        rank = self.accelerator.process_index
-        record = {"rank": rank, "world_size": self.accelerator.num_processes, "seen": self.seen,
-                  "zero3": any(hasattr(p, "ds_id") for p in self.model.parameters()),
-                  "logged_loss": [h["loss"] for h in self.state.log_history if "loss" in h]}  # fmt: skip
-        (dump / f"rank{rank}.json").write_text(json.dumps(record))
-        torch.save(full_params(self.model), dump / f"rank{rank}.pt")
+        dump_rank(self, {"seen": self.seen, "logged_loss": [h["loss"] for h in self.state.log_history if "loss" in h]})
         return out
 
 
-def main():
-    spec = importlib.util.spec_from_file_location("reweight_pretrain", REPO / "recipes" / "reweight_pretrain.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    recipe.ReweightTrainer = RecordingReweightTrainer
-    run_main(recipe.main, sys.argv[1:])
-
-
 if __name__ == "__main__":
-    main()
+    run_recipe_with("reweight_pretrain", ReweightTrainer=RecordingReweightTrainer)

@@ -11,10 +11,6 @@ cross-entropy epochs (a module fixture), so that answer probabilities are ~1e-2 
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import CPU_BACKENDS, TINY_MODEL, accelerate_cmd, run_dumped
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "dco_dist_helper.py"
@@ -39,30 +35,12 @@ def _args(model: Path | str, out: Path, per_device: int, **overrides) -> list[st
     return [x for k, v in values.items() for x in (f"--{k}", str(v))]
 
 
-def _env(dump: Path, use_cpu: bool) -> dict:
-    env = dict(os.environ, LLMPOST_DIST_DUMP_DIR=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")  # fmt: skip
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "true"
-    return env
-
-
-def _run(cmd, dump: Path, world: int, use_cpu: bool = True) -> list[dict]:
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(dump, use_cpu), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    files = sorted(p.name for p in dump.glob("rank*.json"))
-    assert files == [f"rank{r}.json" for r in range(world)]
-    return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
-            for r in range(world)]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     dump = tmp_path_factory.mktemp("warm")
     cmd = [sys.executable, str(HELPER), *_args(TINY_MODEL, dump / "out", 8, dco_n=1, max_steps=40, learning_rate=3e-3,
                                                gradient_accumulation_steps=1, use_cpu="true")]  # fmt: skip
-    _run(cmd, dump, 1)
+    run_dumped(cmd, dump, 1)
     return dump / "out"
 
 
@@ -76,25 +54,15 @@ def _steps(rank: dict) -> dict[int, list[int]]:
 @pytest.fixture(scope="module")
 def single(warm, tmp_path_factory):
     d1 = tmp_path_factory.mktemp("single")
-    (run,) = _run([sys.executable, str(HELPER), *_args(warm, d1 / "out", 4, use_cpu="true")], d1, 1)
+    (run,) = run_dumped([sys.executable, str(HELPER), *_args(warm, d1 / "out", 4, use_cpu="true")], d1, 1)
     return run
 
 
-# DeepSpeed must not see a CPU flag (accelerate then drops DeepSpeed altogether), and needs gloo on CPU.
-BACKENDS = {"ddp": ("configs/accelerate/cpu_ddp.yaml", {}, True),
-            "zero3": ("configs/accelerate/cpu_zero3.yaml", {"ddp_backend": "gloo", "use_cpu": "false"}, False)}
-
-
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
 def test_filter_on_two_processes_matches_one_process(backend, warm, single, tmp_path_factory):
-    config, extra, use_cpu = BACKENDS[backend]
+    config, extra, use_cpu = CPU_BACKENDS[backend]
     d2 = tmp_path_factory.mktemp(backend)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-           "--main_process_port", str(port), str(HELPER), *_args(warm, d2 / "out", 2, **extra)]
-    ranks = _run(cmd, d2, 2, use_cpu=use_cpu)
+    ranks = run_dumped(accelerate_cmd(config, HELPER, _args(warm, d2 / "out", 2, **extra)), d2, 2, use_cpu=use_cpu)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert all(r["zero3"] == (backend == "zero3") for r in ranks)
     assert single["kept_fraction"] and min(single["kept_fraction"]) < 1  # the filter really dropped rows

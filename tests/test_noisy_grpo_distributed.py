@@ -9,17 +9,12 @@ differs with the number of processes, so there is no single-process reference to
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import CPU_BACKENDS, TINY_MODEL, accelerate_cmd, run_dumped
 from llmpost.methods.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,30 +26,15 @@ ARGS = {"config": "configs/grpo_noisy_math_tiny.yaml", "model_name_or_path": str
         "noise_rho1": 0.3, "rho0": 0.4, "rho1": 0.3, "correction": "backward", "baseline": "ema", "scale_mode": "ema",
         "appeals_fraction": 0.5, "num_generations": 4, "per_device_train_batch_size": 8, "max_steps": 3,
         "logging_steps": 1, "eval_after_training": "false", "heldout_eval_steps": 0, "disable_tqdm": "true"}  # fmt: skip
-BACKENDS = {"ddp": ("configs/accelerate/cpu_ddp.yaml", {}, True),
-            "zero3": ("configs/accelerate/cpu_zero3.yaml", {"ddp_backend": "gloo", "use_cpu": "false"}, False)}
 
 
 def _run(backend: str, dump: Path) -> list[dict]:
-    config, extra, use_cpu = BACKENDS[backend]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    config, extra, use_cpu = CPU_BACKENDS[backend]
     args = [x for k, v in {**ARGS, **extra, "output_dir": str(dump / "out")}.items() for x in (f"--{k}", str(v))]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-           "--main_process_port", str(port), str(HELPER), *args]
-    env = dict(os.environ, LLMPOST_DIST_DUMP_DIR=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")  # fmt: skip
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "true"
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
-            for r in range(2)]  # fmt: skip
+    return run_dumped(accelerate_cmd(config, HELPER, args), dump, 2, use_cpu=use_cpu)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
 def test_ranks_agree_on_corrections_appeals_and_weights(backend, tmp_path):
     r0, r1 = _run(backend, tmp_path)
     assert [r0["world_size"], r1["world_size"]] == [2, 2]

@@ -10,16 +10,13 @@ single process's weights.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import CPU_BACKENDS, TINY_MODEL, accelerate_cmd, run_dumped
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "reweight_dist_helper.py"
@@ -41,18 +38,6 @@ def _args(corpus: Path, out: Path, per_device: int, **overrides) -> list[str]:
     return [x for k, v in values.items() for x in (f"--{k}", str(v))]
 
 
-def _run(cmd, dump: Path, world: int, use_cpu: bool = True) -> list[dict]:
-    env = dict(os.environ, LLMPOST_DIST_DUMP_DIR=str(dump), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")  # fmt: skip
-    env.pop("ACCELERATE_USE_CPU", None)
-    if use_cpu:
-        env["ACCELERATE_USE_CPU"] = "true"
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
-    return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
-            for r in range(world)]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
@@ -63,24 +48,15 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(corpus, tmp_path_factory):
     d1 = tmp_path_factory.mktemp("single")
-    (run,) = _run([sys.executable, str(HELPER), *_args(corpus, d1 / "out", 4, use_cpu="true")], d1, 1)
+    (run,) = run_dumped([sys.executable, str(HELPER), *_args(corpus, d1 / "out", 4, use_cpu="true")], d1, 1)
     return run
 
 
-BACKENDS = {"ddp": ("configs/accelerate/cpu_ddp.yaml", {}, True),
-            "zero3": ("configs/accelerate/cpu_zero3.yaml", {"ddp_backend": "gloo", "use_cpu": "false"}, False)}
-
-
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
 def test_two_processes_match_one_process(backend, corpus, single, tmp_path_factory):
-    config, extra, use_cpu = BACKENDS[backend]
+    config, extra, use_cpu = CPU_BACKENDS[backend]
     d2 = tmp_path_factory.mktemp(backend)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "2",
-           "--main_process_port", str(port), str(HELPER), *_args(corpus, d2 / "out", 2, **extra)]
-    r0, r1 = _run(cmd, d2, 2, use_cpu=use_cpu)
+    r0, r1 = run_dumped(accelerate_cmd(config, HELPER, _args(corpus, d2 / "out", 2, **extra)), d2, 2, use_cpu=use_cpu)
     assert [r0["world_size"], r1["world_size"]] == [2, 2] and r0["zero3"] == r1["zero3"] == (backend == "zero3")
     one = single["seen"]
     assert len(one) == len(r0["seen"]) == len(r1["seen"]) == 6  # 3 steps x 2 micro-steps
