@@ -87,11 +87,10 @@ class CurveArguments:
 def build_reward(reward_args: RewardArguments) -> VerifierReward:
     """The training reward: the verifier, through the injected noise channel if any. Under injected noise the clean
     verifier is the monitoring oracle (``noisy/clean_reward``, never used for training)."""
-    verifier = oracle = make_verifier(reward_args.verifier)
+    verifier, oracle = make_verifier(reward_args.verifier), None
     if reward_args.noise_rho0 > 0 or reward_args.noise_rho1 > 0:
         verifier = NoisyVerifier(verifier, reward_args.noise_rho0, reward_args.noise_rho1, reward_args.noise_seed)
-    else:
-        oracle = None
+        oracle = verifier.clean  # its base verdict on the same completion: verified once
     return VerifierReward(verifier, name="verifier", prefix=reward_args.answer_prefix, oracle=oracle)
 
 

@@ -363,3 +363,18 @@ def test_bad_arguments():
         advantages(r.view(2, 4), 4, "group")
     with pytest.raises(ValueError, match="at least 2"):
         advantages(torch.zeros(1), 1, "batch")
+
+
+def test_noisy_verifier_clean_reuses_the_base_verdict():
+    calls = []
+
+    def base(completion, gold):
+        calls.append(completion)
+        return int(completion == gold)
+
+    v = NoisyVerifier(base, rho0=0.0, rho1=0.5, seed=0)
+    completion, gold = "\\boxed{1}", "\\boxed{1}"
+    noisy = [v(completion, gold) for _ in range(20)]
+    assert 0 in noisy and 1 in noisy  # the channel really flips some
+    assert v.clean(completion, gold) == 1 and len(calls) == 20  # the last call's base verdict, not verified again
+    assert v.clean("\\boxed{2}", gold) == 0 and len(calls) == 21  # another pair: verified

@@ -87,9 +87,14 @@ class VerifierReward:
 
     def __call__(self, completions, answer, **kwargs) -> list[float]:
         texts, golds = self.texts(completions), [str(a) for a in answer]
+        verdicts, oracle = [], []
+        for t, a in zip(texts, golds, strict=True):
+            verdicts.append(float(safe_verify(self.verifier, t, a, self.stats)))
+            if self.oracle is not None:  # right after the verifier: NoisyVerifier.clean reuses its base verdict
+                oracle.append(float(safe_verify(self.oracle, t, a)))
         if self.oracle is not None:
-            self.last_oracle = [float(safe_verify(self.oracle, t, a)) for t, a in zip(texts, golds, strict=True)]
-        return [float(safe_verify(self.verifier, t, a, self.stats)) for t, a in zip(texts, golds, strict=True)]
+            self.last_oracle = oracle
+        return verdicts
 
 
 

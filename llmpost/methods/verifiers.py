@@ -111,7 +111,8 @@ class NoisyVerifier:
     Reproducible: one uniform draw from ``numpy.random.default_rng(seed)`` per call (drawn before ``base`` runs, so
     the stream does not depend on the verdicts), flip iff ``u < rho`` of the base verdict, the same rule as
     ``noisy_grpo.noise_channel``. Counts ``calls``, ``flips_to_0`` and ``flips_to_1``. Exceptions of ``base``
-    propagate (wrap the call in ``safe_verify``).
+    propagate (wrap the call in ``safe_verify``). ``clean(completion, gold)`` is the base verdict without noise,
+    reused from the last call on the same pair instead of verifying twice (a monitoring oracle).
     """
 
     def __init__(self, base: Verifier, rho0: float, rho1: float, seed: int = 0):
@@ -120,6 +121,7 @@ class NoisyVerifier:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.calls = self.flips_to_0 = self.flips_to_1 = 0
+        self._last: tuple[str, str, int] | None = None  # (completion, gold, base verdict) of the last call
         base_name = getattr(base, "name", getattr(base, "__name__", "verifier"))
         self.name = f"noisy({base_name}, rho0={rho0:g}, rho1={rho1:g}, seed={seed})"
         self.description = f"{base_name} with injected noise: P(1->0)={rho1:g}, P(0->1)={rho0:g}"
@@ -128,6 +130,7 @@ class NoisyVerifier:
         self.calls += 1
         u = self._rng.random()
         verdict = int(self.base(completion, gold))
+        self._last = (completion, gold, verdict)
         if verdict == 1 and u < self.rates.rho1:
             self.flips_to_0 += 1
             return 0
@@ -135,6 +138,15 @@ class NoisyVerifier:
             self.flips_to_1 += 1
             return 1
         return verdict
+
+
+    def clean(self, completion: str, gold: str) -> int:
+        """``base(completion, gold)``: the verdict before the noise, without a second verification when this
+        pair was the last one verified."""
+        last = self._last
+        if last is not None and last[0] is completion and last[1] is gold:
+            return last[2]
+        return int(self.base(completion, gold))
 
 
 RHO1_CAP = 0.5  # rho1^ is clipped to [0, RHO1_CAP) (issue 7, section 3)
