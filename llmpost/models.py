@@ -68,3 +68,30 @@ def load_saved_model(path: str, dtype="float32", trust_remote_code: bool = False
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
         return model.merge_and_unload() if merge else model
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+# Liger's loss kernels replace the model's forward; llmpost's trainers compute per-token log-probs themselves
+# (TRL's fused LM head, :func:`llmpost.ops.token_logps`), which that forward would bypass.
+_LIGER_LOSS_KERNELS = ("fused_linear_cross_entropy", "cross_entropy")
+
+
+def check_kernel_options(args) -> None:
+    """Validate ``use_liger_kernel`` / ``liger_kernel_config`` of an llmpost training config before any work is done.
+
+    Liger kernels are an optional extra (``pip install 'llmpost[liger]'``, CUDA/Triton only). llmpost keeps Liger's
+    RMSNorm, RoPE and SwiGLU kernels and turns its loss kernels off: the trainers already apply the LM head in tiles to
+    the answer positions only (no ``(B, T, V)`` logits), which is what Liger's fused linear cross-entropy would buy.
+    """
+    if not getattr(args, "use_liger_kernel", False):
+        return
+    from transformers.utils import is_liger_kernel_available
+
+    if not is_liger_kernel_available():
+        raise ImportError("use_liger_kernel: true needs liger-kernel (CUDA + Triton): pip install 'llmpost[liger]'")
+    config = dict(args.liger_kernel_config or {})
+    for key in _LIGER_LOSS_KERNELS:
+        if config.get(key):
+            raise ValueError(f"liger_kernel_config.{key}: must stay off in llmpost's trainers (they compute per-token "
+                             "log-probs with TRL's fused LM head; Liger's loss kernels would replace that forward)")
+        config[key] = False
+    args.liger_kernel_config = config

@@ -67,7 +67,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINERS = ("llmpost", "trl_dpo", "trl_dpo_precompute")
+TRAINERS = ("llmpost", "llmpost_padding_free", "trl_dpo", "trl_dpo_precompute")
 TARGET_RATIO = 1.25
 
 # Randomly initialised Llama shapes. "cpu-small" (4.0M parameters) is large enough that a step on 2 CPU cores is
@@ -101,6 +101,14 @@ def parse_args(argv=None):
     p.add_argument("--gradient_checkpointing", action="store_true", help="enable it for both trainers (default off)")
     p.add_argument("--optim", default="adamw_torch_fused",
                    help="transformers optimizer name for both trainers (default: transformers' default, fused AdamW)")
+    p.add_argument("--answer_len_min", type=int, default=None,
+                   help="variable-length rows: answer lengths drawn uniformly from [this, seq_len - prompt_len] "
+                        "(default: every row exactly seq_len tokens, no padding)")
+    p.add_argument("--padding_free", action="store_true",
+                   help="also run llmpost with padding_free: true (column llmpost_padding_free)")
+    p.add_argument("--attn_implementation", default="sdpa",
+                   help="attention implementation of the model for every trainer (sdpa, eager, flash_attention_2, ...)")
+    p.add_argument("--torch_compile", action="store_true", help="torch_compile: true for every trainer")
     p.add_argument("--dpo_precompute_ref", action="store_true",
                    help="also run TRL DPO with precompute_ref_log_probs=True (third column)")
     p.add_argument("--no_memory_run", action="store_true",
@@ -126,6 +134,8 @@ def parse_args(argv=None):
         p.error("--warmup_steps must be >= 0")
     if not 1 <= args.prompt_len <= args.seq_len - 2:
         p.error("--prompt_len must be in [1, seq_len - 2]")
+    if args.answer_len_min is not None and not 2 <= args.answer_len_min <= args.seq_len - args.prompt_len:
+        p.error("--answer_len_min must be in [2, seq_len - prompt_len]")
     return args
 
 
@@ -150,11 +160,11 @@ def build_model(args):
         config = LlamaConfig(**SHAPES[args.model], max_position_embeddings=max(args.seq_len, 2048),
                              bos_token_id=1, eos_token_id=2, pad_token_id=0)
         with torch.device(device):  # initialise on the device: seconds instead of a minute for 1B parameters
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=args.attn_implementation)
     else:
         if not os.path.isdir(args.model):
             raise SystemExit(f"--model {args.model!r}: not one of {sorted(SHAPES)} and not a local directory")
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn_implementation)
     return model.to(device)
 
 
@@ -172,16 +182,24 @@ def word_tokenizer(vocab_size: int):
 
 
 def synthetic_ids(args, n_rows: int, vocab_size: int):
-    """``(prompt, chosen, rejected)`` int64 tensors; answers end with EOS (id 2) so DPO adds no token."""
+    """``(prompt, chosen, rejected)``: a ``(n_rows, prompt_len)`` tensor and two lists of answer id lists, each answer
+    ending with EOS (id 2) so DPO adds no token. With ``--answer_len_min`` the answer lengths are drawn uniformly
+    from ``[answer_len_min, seq_len - prompt_len]`` (the same draws in every worker), else all are full length."""
     import torch
 
     g = torch.Generator().manual_seed(1234)
     answer = args.seq_len - args.prompt_len
     prompt = torch.randint(4, vocab_size, (n_rows, args.prompt_len), generator=g)
-    chosen = torch.randint(4, vocab_size, (n_rows, answer), generator=g)
-    rejected = torch.randint(4, vocab_size, (n_rows, answer), generator=g)
-    chosen[:, -1] = rejected[:, -1] = 2
-    return prompt, chosen, rejected
+    answers = []
+    for _ in range(2):
+        full = torch.randint(4, vocab_size, (n_rows, answer), generator=g)
+        low = args.answer_len_min or answer
+        lengths = torch.randint(low, answer + 1, (n_rows,), generator=g).tolist()
+        rows = [full[i, :n].tolist() for i, n in enumerate(lengths)]
+        for r in rows:
+            r[-1] = 2
+        answers.append(rows)
+    return prompt, answers[0], answers[1]
 
 
 def _words(ids) -> str:
@@ -264,35 +282,35 @@ def run_worker(args) -> dict:
         optim=args.optim, weight_decay=0.0, bf16=args.gpu, use_cpu=not args.gpu,
         gradient_checkpointing=args.gradient_checkpointing, report_to="none", save_strategy="no",
         logging_strategy="no", disable_tqdm=True, seed=0, data_seed=0, dataloader_drop_last=True,
-        max_length=args.seq_len,
+        max_length=args.seq_len, torch_compile=args.torch_compile,
     )
 
     t0 = time.perf_counter()
-    if name == "llmpost":
+    if name.startswith("llmpost"):
         def rows(answers):
-            ids = torch.cat([prompt, answers], dim=1)
-            labels = ids.clone()
-            labels[:, : args.prompt_len] = -100
-            return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist(),
-                                      "attention_mask": torch.ones_like(ids).tolist(), "index": list(range(n_rows))})
+            ids = [p + a for p, a in zip(prompt.tolist(), answers)]
+            labels = [[-100] * args.prompt_len + a for a in answers]
+            return Dataset.from_dict({"input_ids": ids, "labels": labels, "attention_mask": [[1] * len(r) for r in ids],
+                                      "index": list(range(n_rows))})
 
         cfg = UnlearnConfig(method="npo_rt", reference="precomputed", precompute_ref_batch_size=2 * args.batch_size,
-                            **common)
+                            padding_free=name == "llmpost_padding_free", **common)
         trainer = UnlearnTrainer(model, cfg, ForgetRetainDataset(rows(chosen), rows(rejected), seed=0), tokenizer)
         ref_model_is_none = trainer.ref_model is None
     else:
         data = Dataset.from_dict({"prompt": [_words(r) for r in prompt.tolist()],
-                                  "chosen": [" " + _words(r) for r in chosen.tolist()],
-                                  "rejected": [" " + _words(r) for r in rejected.tolist()]})
+                                  "chosen": [" " + _words(r) for r in chosen],
+                                  "rejected": [" " + _words(r) for r in rejected]})
         precompute = name == "trl_dpo_precompute"
         cfg = DPOConfig(precompute_ref_log_probs=precompute, precompute_ref_batch_size=args.batch_size, beta=0.1,
                         loss_type=["sigmoid"], **common)
         ref_model = None if precompute else copy.deepcopy(model).requires_grad_(False)  # same weights, explicitly
         trainer = DPOTrainer(model, ref_model=ref_model, args=cfg, train_dataset=data, processing_class=tokenizer)
         ref_model_is_none = trainer.ref_model is None
-        lens = {len(r["prompt_ids"]) + len(r[k]) for r in trainer.train_dataset.select(range(2))
-                for k in ("chosen_ids", "rejected_ids")}
-        assert lens == {args.seq_len}, f"DPO tokenisation changed the sequence length: {lens}"
+        got = [(len(r["prompt_ids"]), len(r["chosen_ids"]), len(r["rejected_ids"]))
+               for r in trainer.train_dataset.select(range(4))]
+        want = [(args.prompt_len, len(chosen[i]), len(rejected[i])) for i in range(4)]
+        assert got == want, f"DPO tokenisation changed the sequence lengths: {got} != {want}"
     setup_s = time.perf_counter() - t0
     extra = extra_model_params(trainer)
 
@@ -301,7 +319,10 @@ def run_worker(args) -> dict:
     trainer.train()
     elapsed, step_s = step_times(timer, args.warmup_steps, args.steps, name)
     sequences_per_step = 2 * args.batch_size * args.grad_accum
-    tokens = args.steps * sequences_per_step * args.seq_len  # every row is exactly seq_len tokens: no padding
+    # Real (non-pad) tokens: every row is seq_len tokens, or with --answer_len_min the epoch's mean row length (all
+    # trainers draw the same rows; the timed steps hold (steps / all steps) of the epoch in expectation).
+    mean_len = args.prompt_len + statistics.fmean(len(a) for a in chosen + rejected)
+    tokens = args.steps * sequences_per_step * mean_len
     tokens_per_s = tokens / elapsed
     median_step_s = statistics.median(step_s[args.warmup_steps:])
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -317,11 +338,11 @@ def run_worker(args) -> dict:
         peak_flops = get_peak_flops(torch.cuda.get_device_name(), "bfloat16")
         if peak_flops:
             config = trainer.accelerator.unwrap_model(trainer.model).config
-            mfu = compute_mfu(compute_flops_per_token(config, args.seq_len), tokens_per_s, 1, peak_flops)
-            mfu_causal = adjusted_mfu(mfu, config, args.seq_len)
+            mfu = compute_mfu(compute_flops_per_token(config, round(mean_len)), tokens_per_s, 1, peak_flops)
+            mfu_causal = adjusted_mfu(mfu, config, round(mean_len))
     return {
         "trainer": name, "tokens_per_s": tokens_per_s,
-        "tokens_per_s_median_step": sequences_per_step * args.seq_len / median_step_s,
+        "tokens_per_s_median_step": sequences_per_step * mean_len / median_step_s, "mean_row_tokens": mean_len,
         "timed_s": elapsed, "timed_tokens": tokens,
         "step_s": step_s, "setup_s": setup_s, "peak_memory_bytes": int(peak), "peak_memory_kind": peak_kind,
         "mfu_percent": mfu, "mfu_percent_causal": mfu_causal, "ref_model_is_none": ref_model_is_none,
@@ -359,7 +380,8 @@ def run_worker_process(script: str, argv, name: str, tag: str, tmp: str, extra_a
 
 
 def run_all(args, argv) -> dict:
-    names = ["llmpost", "trl_dpo"] + (["trl_dpo_precompute"] if args.dpo_precompute_ref else [])
+    names = (["llmpost"] + (["llmpost_padding_free"] if args.padding_free else []) + ["trl_dpo"]
+             + (["trl_dpo_precompute"] if args.dpo_precompute_ref else []))
     if args.trainers:
         names = [n for n in args.trainers.split(",") if n]
     runs = {name: [] for name in names}
@@ -405,6 +427,13 @@ def summarise(args, results: dict) -> dict:
         "llmpost_peak_memory_bytes": ll and ll["peak_memory_bytes"],
         "trl_dpo_peak_memory_bytes": dpo and dpo["peak_memory_bytes"],
     }
+    pf = results.get("llmpost_padding_free")
+    if pf:
+        out.update({
+            "llmpost_padding_free_tokens_per_s": pf["tokens_per_s"],
+            "padding_free_tokens_per_s_ratio": _ratio(pf, dpo, "tokens_per_s"),
+            "padding_free_vs_padded_tokens_per_s_ratio": _ratio(pf, ll, "tokens_per_s"),
+        })
     pre = results.get("trl_dpo_precompute")
     if pre:
         out.update({
@@ -422,6 +451,10 @@ def summarise(args, results: dict) -> dict:
         "dtype": "bfloat16" if args.gpu else "float32",
         "seq_len": args.seq_len,
         "prompt_len": args.prompt_len,
+        "answer_len_min": args.answer_len_min,
+        "mean_row_tokens": next(iter(results.values()))["mean_row_tokens"],
+        "attn_implementation": args.attn_implementation,
+        "torch_compile": args.torch_compile,
         "batch_size": args.batch_size,
         "grad_accum": args.grad_accum,
         "sequences_per_step": 2 * args.batch_size * args.grad_accum,
@@ -446,7 +479,8 @@ def print_table(summary: dict) -> None:
           f"seq_len={summary['seq_len']} "
           f"sequences/step={summary['sequences_per_step']} timed steps={summary['steps']} "
           f"(+{summary['warmup_steps']} warm-up) grad_accum={summary['grad_accum']} "
-          f"grad_ckpt={summary['gradient_checkpointing']}")
+          f"grad_ckpt={summary['gradient_checkpointing']} attn={summary['attn_implementation']} "
+          f"compile={summary['torch_compile']} mean row tokens={summary['mean_row_tokens']:.1f}")
     head = (f"{'trainer':<20}{'tokens/s':>12}{'x trl_dpo':>11}{'peak MiB':>11}{'x trl_dpo':>11}{'2nd model':>11}"
             f"{'MFU %':>8}{'setup s':>9}")
     print(head)

@@ -65,6 +65,16 @@ def test_bench_cpu_tiny_reports_json_last_line(tmp_path):
     assert json.loads(output.read_text()) == out  # --output holds the same object
 
 
+def test_bench_variable_lengths_and_padding_free_column():
+    out, stdout = _run([*TINY, "--no_memory_run", "--answer_len_min", "4", "--padding_free",
+                        "--trainers", "llmpost,llmpost_padding_free"])
+    assert out["answer_len_min"] == 4 and 48 // 8 + 4 <= out["mean_row_tokens"] < 48  # rows of varying length
+    padded, free = out["trainers"]["llmpost"], out["trainers"]["llmpost_padding_free"]
+    assert padded["timed_tokens"] == free["timed_tokens"] == pytest.approx(2 * 2 * 2 * out["mean_row_tokens"])
+    assert out["padding_free_vs_padded_tokens_per_s_ratio"] == pytest.approx(free["tokens_per_s"] / padded["tokens_per_s"])
+    assert free["second_model_in_memory"] is False and "llmpost_padding_free" in stdout
+
+
 @pytest.mark.slow
 def test_bench_cpu_separate_memory_run():
     out, _ = _run(TINY)

@@ -37,6 +37,7 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 from trl.trainer.utils import add_fused_lm_head
 
+from ..models import check_kernel_options
 from ..ops import IGNORE_INDEX, token_logps
 from ..utils import StrEnum, parse_enum
 from .reweight import ReweightStrategy, reweighted_loss, sample_weights, weight_stat_tensors
@@ -77,6 +78,7 @@ class ReweightConfig(TrainingArguments):
         if self.reweight_warmup_steps < 0:
             raise ValueError(f"reweight_warmup_steps: must be >= 0, got {self.reweight_warmup_steps}")
         super().__post_init__()
+        check_kernel_options(self)
 
 
 def sample_losses(logps: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:

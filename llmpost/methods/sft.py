@@ -1,7 +1,9 @@
 """The supervised fine-tuning trainer with per-example weights: cross-entropy (N = 1) and DCO (arXiv 2502.07154).
 
-One row per example (no packing, no padding-free batches): the DCO weight needs each answer's whole-sequence
-probability. Labels cover the answer tokens and EOS only (:func:`llmpost.data.math.tokenize_math`).
+One row per example, never packed with others into fixed-length rows (TRL-style packing cuts answers at row
+boundaries, and the DCO weight needs each answer's whole-sequence probability). ``padding_free: true`` is possible
+and exact: it lays the whole examples of a micro-batch end to end (:func:`llmpost.ops.pack_padded`) and maps the
+per-token log-probs back to their rows, so every answer's probability is still whole. Labels cover the answer tokens and EOS only (:func:`llmpost.data.math.tokenize_math`).
 
 Per micro-batch of B examples the trainer computes, with ``p_i`` the probability of answer ``i`` under the current
 model (teacher-forced, detached):
@@ -40,6 +42,7 @@ from trl.trainer.utils import add_fused_lm_head
 
 from ..data.collators import pad_examples
 from ..generation import pad_token_id
+from ..models import check_kernel_options
 from ..ops import token_logps
 from ..utils import parse_enum
 from .dco import DCOReduction, dco_loss, dco_weight
@@ -57,6 +60,7 @@ class DCOConfig(TrainingArguments):
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per prompt+answer (longer rows are truncated)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
     fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits)."})
+    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens: the sequences of a batch laid end to end with restarting position_ids (exact; fastest with a flash-attention implementation, see llmpost.ops.pack_padded)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the 'index' column is used."})
 
     def __post_init__(self):
@@ -69,6 +73,7 @@ class DCOConfig(TrainingArguments):
             raise ValueError(f"max_length: must be > 0, got {self.max_length}")
         self.remove_unused_columns = False
         super().__post_init__()
+        check_kernel_options(self)
 
     @property
     def filtering(self) -> bool:
@@ -100,7 +105,7 @@ class DCOTrainer(Trainer):
             raise ValueError("DCOTrainer: train_dataset needs an 'index' column equal to the row number")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          data_collator=_Collator(pad_token_id(processing_class)), **kwargs)  # fmt: skip
-        self.fused = args.fused_lm_head
+        self.fused, self.padding_free = args.fused_lm_head, args.padding_free
         self._metrics = defaultdict(list)
         self._queue: list[int] = []  # kept dataset indices waiting for an optimizer step (identical on every process)
         self._filter_counts = torch.zeros(2)  # scored, kept since the last log
@@ -121,7 +126,8 @@ class DCOTrainer(Trainer):
     # ----- loss ------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DCOConfig = self.args
-        logps, mask = token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], fused=self.fused)
+        logps, mask = token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], fused=self.fused,
+                                  padding_free=self.padding_free)
         loss, weight = dco_loss(logps, mask, args.dco_n, args.dco_reduction)
         if args.logging_strategy != "no":
             seq = (logps * mask).sum(-1).detach()
@@ -168,7 +174,8 @@ class DCOTrainer(Trainer):
         was_training = model.training
         model.eval()
         try:
-            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused)
+            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused,
+                                      padding_free=self.padding_free)
         finally:
             model.train(was_training)
         weight = dco_weight(self.args.dco_n, (logps * mask).sum(-1).double().exp())

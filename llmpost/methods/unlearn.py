@@ -19,6 +19,11 @@ in one pass before training and keeps no second model (for IdkDPO: the forget an
 for each forget row in every planned epoch); ``peft_base`` uses the LoRA model with adapters
 disabled; ``model`` keeps an explicit frozen copy (needed for the retain KL of full fine-tuning). ``auto`` picks the
 cheapest that works.
+
+Throughput options (shared with the other llmpost trainers): ``fused_lm_head`` (default on: the LM head in tiles over
+the answer positions, no ``(B, T, V)`` logits), ``padding_free`` (the forward sees only real tokens; exact, see
+:func:`llmpost.ops.pack_padded`; not for ``retain_loss: kl``, whose full-vocabulary logits keep the padded layout),
+``activation_checkpointing``, ``torch_compile`` and ``use_liger_kernel`` (:func:`llmpost.models.check_kernel_options`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 from ..data.collators import ForgetRetainCollator, pad_examples
 from ..epochs import EpochCallback
 from ..generation import pad_token_id
+from ..models import check_kernel_options
 from ..ops import masked_mean, sequence_logps, shift_labels, token_logps
 from ..utils import StrEnum, parse_enum
 from .dpo import dpo_loss
@@ -108,6 +114,7 @@ class UnlearnConfig(TrainingArguments):
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per question+answer (longer rows are truncated)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
     fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits) where possible."})
+    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens: the sequences of a batch laid end to end with restarting position_ids (exact; fastest with a flash-attention implementation, see llmpost.ops.pack_padded)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: items are nested forget/retain dicts."})
 
     def __post_init__(self):
@@ -126,6 +133,7 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError("reference: 'precomputed' cannot serve retain_loss 'kl' (it needs reference logits); use 'model' or 'peft_base'")
         self.remove_unused_columns = False
         super().__post_init__()
+        check_kernel_options(self)
 
 
 class UnlearnTrainer(Trainer):
@@ -144,7 +152,7 @@ class UnlearnTrainer(Trainer):
         pad_id = pad_token_id(processing_class)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(pad_id), **kwargs)
-        self.pad_id, self.fused = pad_id, args.fused_lm_head
+        self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
         self.add_callback(EpochCallback())  # the forget/retain pairing depends on the epoch, also after a resume
         self._metrics = defaultdict(list)
         self.reference = self._resolve_reference(args, ref_model is not None)
@@ -231,7 +239,8 @@ class UnlearnTrainer(Trainer):
         model.eval()
         out = torch.full((size,), float("nan"))
         for batch in loader:
-            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused)
+            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused,
+                                      padding_free=self.padding_free)
             idx, seq = self.accelerator.gather_for_metrics((batch["index"], sequence_logps(logps, mask)))
             out[idx.cpu()] = seq.float().cpu()
         self.model.train(was_training)
@@ -252,7 +261,7 @@ class UnlearnTrainer(Trainer):
         parts = ["forget"] + (["template"] if method in NEEDS_TEMPLATES else []) + (["retain"] if has_retain and not retain_kl else [])
         rows = {p: (inputs[f"{p}_input_ids"], inputs[f"{p}_attention_mask"], inputs[f"{p}_labels"]) for p in parts}
         ids, att, lab = _concat_padded(list(rows.values()), self.pad_id) if len(parts) > 1 else rows["forget"]
-        logps, mask = token_logps(model, ids, att, lab, fused=self.fused)
+        logps, mask = token_logps(model, ids, att, lab, fused=self.fused, padding_free=self.padding_free)
         split, start = {}, 0
         for p, (p_ids, _, p_lab) in rows.items():
             n, width = p_ids.shape[0], p_lab.shape[1] - 1
@@ -314,7 +323,8 @@ class UnlearnTrainer(Trainer):
                                    f"({self.planned_epochs(len(self.train_dataset))}); use reference: model or peft_base")
             return ref
         with torch.no_grad(), self._reference_ctx() as ref:
-            logps, mask = token_logps(ref, inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"], inputs[f"{part}_labels"], fused=self.fused)
+            logps, mask = token_logps(ref, inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"], inputs[f"{part}_labels"],
+                                      fused=self.fused, padding_free=self.padding_free)
         return sequence_logps(logps, mask)
 
     def _retain_kl(self, model, inputs) -> torch.Tensor:
