@@ -28,19 +28,16 @@ the answer positions, no ``(B, T, V)`` logits), ``padding_free`` (the forward se
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import is_peft_model
-from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from trl.models.utils import prepare_deepspeed
-from trl.trainer.utils import add_fused_lm_head, use_adapter
+from trl.trainer.utils import add_fused_lm_head
 
-from ..data.collators import ForgetRetainCollator, pad_examples
+from ..data.collators import ForgetRetainCollator
 from ..epochs import EpochCallback
 from ..generation import pad_token_id
 from ..models import check_kernel_options
@@ -50,8 +47,9 @@ from .dpo import dpo_loss
 from .flat import FDivergence, flat_batch_loss, flat_loss
 from .grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
 from .npo import npo_loss
+from .reference import Reference, ReferenceMixin
 from .simnpo import simnpo_loss
-from .step_metrics import flush_metrics
+from .step_metrics import NonFiniteLossError, check_finite_loss, flush_metrics  # noqa: F401 (re-exported)
 
 
 class UnlearnMethod(StrEnum):
@@ -74,13 +72,6 @@ class RetainLoss(StrEnum):
     KL = "kl"
 
 
-class Reference(StrEnum):
-    AUTO = "auto"
-    PRECOMPUTED = "precomputed"
-    PEFT_BASE = "peft_base"
-    MODEL = "model"
-
-
 _HAS_RETAIN = {UnlearnMethod.GRAD_DIFF, UnlearnMethod.NPO_RT, UnlearnMethod.SIMNPO, UnlearnMethod.IDK_DPO}
 _NEEDS_REF_LOGPS = {UnlearnMethod.NPO, UnlearnMethod.NPO_RT, UnlearnMethod.IDK_DPO}
 NEEDS_TEMPLATES = {UnlearnMethod.FLAT, UnlearnMethod.IDK_DPO}
@@ -89,10 +80,6 @@ NEEDS_TEMPLATES = {UnlearnMethod.FLAT, UnlearnMethod.IDK_DPO}
 def uses_retain(args) -> bool:
     """Whether the configured method trains on retain rows (the recipes then pair them with the forget rows)."""
     return args.method in _HAS_RETAIN and args.alpha > 0
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped before the optimizer step, checkpoints are untouched."""
 
 
 @dataclass
@@ -136,7 +123,7 @@ class UnlearnConfig(TrainingArguments):
         check_kernel_options(self)
 
 
-class UnlearnTrainer(Trainer):
+class UnlearnTrainer(ReferenceMixin, Trainer):
     """Unlearning trainer. ``train_dataset`` is a :class:`llmpost.data.unlearn.ForgetRetainDataset` of tokenised rows
     (``input_ids``, ``labels``, ``attention_mask``, ``index``)."""
 
@@ -182,30 +169,6 @@ class UnlearnTrainer(Trainer):
             raise ValueError("reference: 'peft_base' needs a PEFT (LoRA) model; set use_peft or another reference")
         return ref
 
-    def _prepare_ref_model(self, ref_model, args):
-        if ref_model is None:
-            from transformers import AutoModelForCausalLM
-
-            path = args.ref_model_name_or_path or getattr(self.accelerator.unwrap_model(self.model).config, "_name_or_path", "")
-            if not path:
-                raise ValueError("reference: 'model' needs ref_model_name_or_path (the model was built in memory)")
-            ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype)
-        if args.fused_lm_head:
-            add_fused_lm_head(ref_model)
-        ref_model.requires_grad_(False).eval()
-        if self.is_deepspeed_enabled:
-            return prepare_deepspeed(ref_model, self.accelerator)
-        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-
-    @contextlib.contextmanager
-    def _reference_ctx(self):
-        """Yields the module to run the reference forward with (PEFT base: adapters disabled)."""
-        if self.reference == Reference.PEFT_BASE:
-            with use_adapter(self.accelerator.unwrap_model(self.model), adapter_name=None):
-                yield self.model
-        else:
-            yield self.ref_model
-
     def planned_epochs(self, num_rows: int) -> int:
         """How many epochs (started ones included) training will run: at least the trainer's own count."""
         args = self.args
@@ -223,33 +186,6 @@ class UnlearnTrainer(Trainer):
         keys = ("input_ids", "labels", "attention_mask")
         examples = [{**{k: dataset.templates.encode(i, j)[k] for k in keys}, "index": i * t + j} for i, j in pairs]
         return self.precompute_ref_logps(examples, size=n * t).view(n, t)
-
-    @torch.no_grad()
-    def precompute_ref_logps(self, examples, size: int | None = None) -> torch.Tensor:
-        """Reference log-probs of tokenised examples (a forget split), one pass, sharded over processes.
-
-        Returns a ``(size,)`` tensor (default ``len(examples)``) holding each example's log-prob at its ``index``
-        and NaN elsewhere."""
-        size = len(examples) if size is None else size
-        bs = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        loader = DataLoader(examples, batch_size=bs, shuffle=False, collate_fn=lambda ex: pad_examples(ex, self.pad_id))
-        loader = self.accelerator.prepare(loader)
-        was_training = self.model.training
-        model = prepare_deepspeed(self.model, self.accelerator) if self.is_deepspeed_enabled else self.model
-        model.eval()
-        out = torch.full((size,), float("nan"))
-        for batch in loader:
-            logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=self.fused,
-                                      padding_free=self.padding_free)
-            idx, seq = self.accelerator.gather_for_metrics((batch["index"], sequence_logps(logps, mask)))
-            out[idx.cpu()] = seq.float().cpu()
-        self.model.train(was_training)
-        if model is not self.model:  # drop the inference engine's ZeRO-3 hooks: they would clash with the training engine's
-            model.destroy()
-        wanted = torch.as_tensor(examples["index"] if hasattr(examples, "column_names") else [e["index"] for e in examples])
-        if torch.isnan(out[wanted]).any():
-            raise RuntimeError("reference pass left rows without a log-prob (check the 'index' column)")
-        return out
 
     # ----- loss ------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -306,7 +242,7 @@ class UnlearnTrainer(Trainer):
                 retain = nll_loss(*split["retain"])
             loss = loss + args.alpha * retain.mean()
             metrics["retain_loss"] = retain.detach()
-        self._check_finite(loss)
+        check_finite_loss(self, loss)
         if self.args.logging_strategy != "no":
             for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
                 self._metrics[key].append(value.float().mean())
@@ -322,10 +258,8 @@ class UnlearnTrainer(Trainer):
                 raise RuntimeError("no precomputed reference for a template answer: training ran past the epochs planned "
                                    f"({self.planned_epochs(len(self.train_dataset))}); use reference: model or peft_base")
             return ref
-        with torch.no_grad(), self._reference_ctx() as ref:
-            logps, mask = token_logps(ref, inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"], inputs[f"{part}_labels"],
-                                      fused=self.fused, padding_free=self.padding_free)
-        return sequence_logps(logps, mask)
+        return self.reference_sequence_logps(inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"],
+                                             inputs[f"{part}_labels"])
 
     def _retain_kl(self, model, inputs) -> torch.Tensor:
         kw = {"input_ids": inputs["retain_input_ids"], "attention_mask": inputs["retain_attention_mask"], "use_cache": False}
@@ -334,20 +268,6 @@ class UnlearnTrainer(Trainer):
         with torch.no_grad(), self._reference_ctx() as ref:
             ref_logits = ref(**kw).logits[:, :-1]
         return retain_kl_loss(logits, ref_logits, mask)
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        # Checked on every micro-batch, before backward: under DeepSpeed the weights are updated inside the backward of
-        # the last micro-batch, so a check at optimizer-step time would come too late. Costs one scalar sync.
-        ok = torch.isfinite(loss.detach()).float().reshape(1)
-        if self.accelerator.num_processes > 1:
-            ok = self.accelerator.gather(ok).min()  # every rank must stop together, or DDP hangs
-        if not bool(ok):
-            step = self.state.global_step + 1
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at optimizer step {step}; training stopped before updating the "
-                f"weights. The last good checkpoint in {self.args.output_dir!r} (if any) is untouched; lower the "
-                "learning rate or check the data."
-            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         flush_metrics(self.accelerator, self._metrics, logs)
