@@ -18,7 +18,7 @@ from .data.muse import DEFAULT_TEMPLATE_ANSWERS, MuseArguments, muse_texts
 from .data.tofu import TemplateArgs, TofuArguments, encode_qa, first_authors, load_split, tokenize_qa
 from .data.unlearn import TemplateAnswers, load_template_answers
 from .ops import IGNORE_INDEX
-from .utils import atomic_write_json
+from .utils import atomic_write_json, atomic_write_text
 
 
 def tofu_train_splits(data_args: TofuArguments, tokenizer, max_length: int, include_forget: bool = True):
@@ -330,3 +330,50 @@ def save_and_evaluate(trainer, evaluate: Evaluator | None, end_training: bool = 
     if end_training:
         trainer.accelerator.end_training()
     return summary
+
+
+def preference_evaluator(data_args, heldout, model, tokenizer, max_length: int, batch_size: int = 16) -> Evaluator | None:
+    """Held-out evaluation of a preference recipe (:mod:`llmpost.eval.preference`), as an :data:`Evaluator`.
+
+    ``model`` is the starting model (the reference of the implicit reward): its held-out log-probs are taken now,
+    before training, so no second model is loaded afterwards. ``data_args`` is a
+    :class:`llmpost.data.preference.PreferenceArguments`. The judge is built now, so a bad judge path stops the recipe
+    before training. Writes ``eval_dir/PREFERENCE_EVAL.json`` (implicit-reward accuracy, win rate after 0..k
+    revisions) and ``eval_dir/drafts.jsonl`` (every draft of every held-out prompt)."""
+    if not data_args.eval_after_training or heldout is None:
+        return None
+    from .eval.preference import PREFERENCE_EVAL_FILE, implicit_reward_metrics, pair_logps
+    from .eval.winrate import build_judge, revision_win_rates
+
+    templates = data_args.templates()
+    judge = build_judge(data_args.judge, data_args.judge_model_path)
+    ref_chosen, ref_rejected = pair_logps(model, tokenizer, heldout, templates, max_length, batch_size)
+    prompts, references = [], []
+    for p, c in zip(heldout["prompt"], heldout["chosen"]):  # one draft chain per distinct prompt
+        if p not in prompts:
+            prompts.append(p)
+            references.append(c)
+
+    def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
+        from .eval.shard import sharded_map, world
+        from .generation.revision import self_revise
+
+        chosen, rejected = pair_logps(model, tokenizer, heldout, templates, max_length, batch_size)
+        implicit = implicit_reward_metrics(chosen, rejected, ref_chosen, ref_rejected)
+        drafts = sharded_map(
+            lambda items: self_revise(model, tokenizer, items, k=data_args.num_revisions, templates=templates,
+                                      max_new_tokens=data_args.eval_max_new_tokens, batch_size=batch_size,
+                                      backend=data_args.generation_backend,
+                                      max_prompt_length=data_args.eval_max_prompt_length),
+            prompts, [len(p) for p in prompts])  # fmt: skip
+        summary = {"implicit_reward": implicit, "judge": judge.name, "num_revisions": data_args.num_revisions,
+                   "num_prompts": len(prompts), "num_pairs": len(heldout)}
+        if world()[1] == 0:
+            summary["revisions"] = revision_win_rates(drafts, prompts, references, judge)
+            os.makedirs(eval_dir, exist_ok=True)
+            atomic_write_text(os.path.join(eval_dir, "drafts.jsonl"), "".join(
+                json.dumps({"prompt": p, "gold": r, "drafts": d}) + "\n" for p, r, d in zip(prompts, references, drafts)))
+            atomic_write_json(os.path.join(eval_dir, PREFERENCE_EVAL_FILE), summary)
+        return summary
+
+    return evaluate

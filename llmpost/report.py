@@ -214,7 +214,7 @@ def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], 
 
 def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
     """One row of line plots. Each panel: ``{"title", "ylabel", "series": {name: (steps, means, stderrs)},
-    "hline": optional (value, label)}``; a band of +-1 standard error is drawn where it is non-zero, and a series
+    "hline": optional (value, label), "xlabel": optional (default "optimizer step")}``; a band of +-1 standard error is drawn where it is non-zero, and a series
     name has the same colour in every panel."""
     import matplotlib
 
@@ -237,7 +237,7 @@ def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None =
             value, label = panel["hline"]
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
         ax.set_title(panel["title"])
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel(panel.get("xlabel", "optimizer step"))
         ax.set_ylabel(panel["ylabel"])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

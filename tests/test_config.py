@@ -56,6 +56,15 @@ def _types_for(config: Path):
         from llmpost.methods.reweight_trainer import ReweightConfig
 
         return (ModelConfig, PretrainArguments, ReweightConfig)
+    if config.parent.name == "preference":
+        from trl import DPOConfig
+
+        from llmpost.data.preference import PreferenceArguments
+        from llmpost.methods.implicit_sft import ImplicitSFTConfig
+        from llmpost.methods.srpo_trainer import SRPOConfig
+
+        stage = {"srpo": SRPOConfig, "dpo": DPOConfig, "ipo": DPOConfig, "sft": ImplicitSFTConfig}[config.name.split("_")[0]]
+        return (ModelConfig, PreferenceArguments, stage)
     if config.name.startswith(("dco_math", "tiny_sft")):
         from llmpost.data.math import MathArguments
         from llmpost.methods.sft import DCOConfig
@@ -64,7 +73,8 @@ def _types_for(config: Path):
     raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")
 
 
-SHIPPED = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs").glob("grpo_noisy_math/*.yaml")])
+SHIPPED = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs").glob("grpo_noisy_math/*.yaml"),
+                  *(ROOT / "configs").glob("preference/*.yaml")])
 
 
 def test_there_are_shipped_configs():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -27,7 +27,7 @@ import datasets
 from ..utils import StrEnum, parse_enum
 from .files import DataError, iter_jsonl, load_jsonl, read_json
 
-__all__ = ["PREFERENCE_COLUMNS", "SRPO_SEQUENCES", "PerturbedPairing", "PreferenceTemplates", "format_for_trl",
+__all__ = ["PREFERENCE_COLUMNS", "PreferenceArguments", "sft_rows_from_pairs", "SRPO_SEQUENCES", "PerturbedPairing", "PreferenceTemplates", "format_for_trl",
            "tokenize_prompt_completion", "tokenize_srpo", "load_preference_dataset", "tofu_preference_pairs",
            "tofu_sft_rows", "train_heldout_split", "validate_preference_rows"]
 
@@ -327,3 +327,95 @@ def format_for_trl(dataset: datasets.Dataset, templates: PreferenceTemplates) ->
                 "rejected": templates.completion(row["rejected"])}
 
     return dataset.map(fmt, desc="Formatting preference pairs")
+
+
+# ----- recipe arguments ----------------------------------------------------------------------------------------------
+TOFU_PREFIX = "tofu:"
+
+
+@dataclass
+class PreferenceArguments:
+    """Data, templates and held-out evaluation of the preference recipes (``recipes/srpo.py``, ``recipes/dpo.py``,
+    ``recipes/implicit_sft.py``, ``recipes/sft_dpo.py``)."""
+
+    dataset: str = field(default="tofu:forget10", metadata={"help": "'tofu:<split>' (pairs from <tofu_dir>/<split>_perturbed.jsonl), a local .jsonl/.json/.parquet file, or a hub id."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Hub split of the training pairs."})
+    tofu_dir: str = field(default="../shared/data/tofu", metadata={"help": "Directory of the TOFU *_perturbed.jsonl files."})
+    pairing: PerturbedPairing = field(default=PerturbedPairing.ONE, metadata={"help": "TOFU: one pair per question (one) or per perturbed answer (all)."})
+    heldout_dataset: str | None = field(default=None, metadata={"help": "Held-out pairs from another source (same forms as dataset); unset: heldout_fraction of dataset's prompts."})
+    heldout_split: str = field(default="validation", metadata={"help": "Hub split of heldout_dataset."})
+    heldout_fraction: float = field(default=0.1, metadata={"help": "Fraction of the prompts held out when heldout_dataset is unset."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the held-out split and of TOFU's rejected-answer draw."})
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Train on at most this many pairs (the first ones)."})
+    max_heldout_pairs: int | None = field(default=None, metadata={"help": "Evaluate on at most this many held-out pairs."})
+    prompt_template: str = field(default=PreferenceTemplates.prompt_template, metadata={"help": "Generation prompt; holds {prompt}."})
+    revision_template: str = field(default=PreferenceTemplates.revision_template, metadata={"help": "Revision prompt; holds {prompt} and {previous}."})
+    completion_prefix: str = field(default=PreferenceTemplates.completion_prefix, metadata={"help": "Text between a prompt and its completion."})
+    eval_after_training: bool = field(default=True, metadata={"help": "Evaluate the saved model on the held-out pairs."})
+    num_revisions: int = field(default=2, metadata={"help": "Self-revisions k after the first draft (win rate after 0..k)."})
+    judge: str = field(default="rouge", metadata={"help": "rouge (ROUGE-L F1 to the gold, CPU) | reward_model | pairwise_llm."})
+    judge_model_path: str | None = field(default=None, metadata={"help": "The judge's model (reward_model, pairwise_llm)."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Tokens per generated draft."})
+    eval_max_prompt_length: int | None = field(default=None, metadata={"help": "Cut generation/revision prompts to this many tokens (keeping BOS and the end)."})
+    generation_backend: str = field(default="transformers", metadata={"help": "transformers | vllm (GPU)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
+
+    def __post_init__(self):
+        self.pairing = parse_enum("pairing", self.pairing, PerturbedPairing)
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction: must be in [0, 1), got {self.heldout_fraction}")
+        if self.heldout_dataset is None and self.heldout_fraction == 0 and self.eval_after_training:
+            raise ValueError("heldout_fraction: 0 leaves nothing to evaluate; set heldout_dataset or eval_after_training: false")
+        for key in ("max_train_pairs", "max_heldout_pairs", "eval_max_new_tokens", "eval_max_prompt_length"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key}: must be >= 1, got {value}")
+        if self.num_revisions < 0:
+            raise ValueError(f"num_revisions: must be >= 0, got {self.num_revisions}")
+        from ..eval.winrate import JudgeKind
+
+        self.judge = parse_enum("judge", self.judge, JudgeKind)
+        if self.judge != JudgeKind.ROUGE and self.eval_after_training and not self.judge_model_path:
+            raise ValueError(f"judge_model_path: the {self.judge.value!r} judge needs a model")
+        self.templates()  # a template without its placeholders is an error now, naming the key
+
+    def templates(self) -> PreferenceTemplates:
+        return PreferenceTemplates(self.prompt_template, self.revision_template, self.completion_prefix)
+
+    def _load(self, source: str, split: str) -> datasets.Dataset:
+        if source.startswith(TOFU_PREFIX):
+            name = source[len(TOFU_PREFIX):]
+            path = Path(self.tofu_dir) / f"{name}_perturbed.jsonl"
+            if not path.is_file():
+                raise DataError(f"dataset {source!r}: {path} does not exist (TOFU splits with perturbed answers: "
+                                "forget01/05/10, retain, real_authors, world_facts; set tofu_dir)")
+            return tofu_preference_pairs(path, self.pairing, seed=self.split_seed)
+        ds = load_preference_dataset(source, split=split, name=self.dataset_config)
+        return ds.select_columns(list(PREFERENCE_COLUMNS))
+
+    def splits(self) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+        """``(train, heldout)`` preference pairs, validated; ``heldout`` is None when nothing is held out."""
+        data = self._load(self.dataset, self.dataset_split)
+        if self.heldout_dataset is not None:
+            train, heldout = data, self._load(self.heldout_dataset, self.heldout_split)
+        elif self.heldout_fraction > 0:
+            train, heldout = train_heldout_split(data, self.heldout_fraction, self.split_seed)
+        else:
+            train, heldout = data, None
+        if self.max_train_pairs is not None:
+            train = train.select(range(min(self.max_train_pairs, len(train))))
+        if heldout is not None and self.max_heldout_pairs is not None:
+            heldout = heldout.select(range(min(self.max_heldout_pairs, len(heldout))))
+        return train, heldout
+
+
+def sft_rows_from_pairs(pairs: datasets.Dataset) -> datasets.Dataset:
+    """SFT rows (``prompt``, ``completion`` = the chosen answer) of preference pairs, one per prompt (first pair)."""
+    seen, prompts, completions = set(), [], []
+    for p, c in zip(pairs["prompt"], pairs["chosen"]):
+        if p not in seen:
+            seen.add(p)
+            prompts.append(p)
+            completions.append(c)
+    return datasets.Dataset.from_dict({"prompt": prompts, "completion": completions})
