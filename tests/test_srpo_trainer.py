@@ -119,7 +119,8 @@ def trained(tmp_path_factory, split, tokenizer):
     train, held = split
     initial = _model()
     before = {name: pair_logps(initial, tokenizer, ds, PreferenceTemplates(), MAX_LEN) for name, ds in (("train", train), ("heldout", held))}
-    trainer = SRPOTrainer(_model(), _args(tmp_path_factory.mktemp("srpo"), max_steps=8, learning_rate=1e-4), train, tokenizer)
+    trainer = SRPOTrainer(_model(), _args(tmp_path_factory.mktemp("srpo"), max_steps=8, learning_rate=1e-4,
+                                          length_normalize=False), train, tokenizer)  # the equations' literal sums
     ref_at_start = trainer.ref_logps.clone()
     trainer.train()
     after = {name: pair_logps(trainer.model, tokenizer, ds, PreferenceTemplates(), MAX_LEN) for name, ds in (("train", train), ("heldout", held))}
@@ -161,6 +162,17 @@ def test_compute_loss_is_srpo_loss_of_independent_log_probs(trained):
     expected = srpo_loss(*h.double().T, beta=0.1, alpha=0.5).mean()
     assert abs(expected.item() - 0.75) > 0.05
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+    # length_normalize (the default): each log-ratio divided by its completion's token count, as TRL's IPO
+    counts = torch.tensor([[sum(t != -100 for t in row[f"{key}_labels"][1:]) for key in KEYS] for row in rows])
+    trainer.args.length_normalize = True
+    try:
+        with torch.no_grad():
+            normalized = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
+    finally:
+        trainer.args.length_normalize = False
+    expected = srpo_loss(*(h / counts).double().T, beta=0.1, alpha=0.5).mean()
+    assert normalized.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+    assert abs(normalized.item() - loss.item()) > 1e-3
 
 
 # ----- training -------------------------------------------------------------------------------------------------------
@@ -245,11 +257,13 @@ def test_padding_free_matches_padded(tmp_path, pairs, tokenizer):
 
 
 def test_gradient_accumulation_invariance(tmp_path, pairs, tokenizer):
-    """One optimizer step on 4 pairs: (batch 4, accumulation 1) == (batch 2, accumulation 2)."""
+    """One optimizer step on 4 pairs: (batch 4, accumulation 1) == (batch 2, accumulation 2). SGD: the update is
+    linear in the gradient (Adam's first step, g / (|g| + eps), turns float noise in near-zero gradients into lr-sized
+    differences)."""
     results = []
     for bs, ga in ((4, 1), (2, 2)):
         trainer = SRPOTrainer(_model(), _args(tmp_path / f"{bs}", per_device_train_batch_size=bs, max_steps=1,
-                                              gradient_accumulation_steps=ga, max_grad_norm=1e9),
+                                              gradient_accumulation_steps=ga, max_grad_norm=1e9, optim="sgd"),
                               pairs.select(range(8)), tokenizer)  # fmt: skip
         trainer.train()
         results.append((_logs(trainer)[0], _params(trainer.model)))

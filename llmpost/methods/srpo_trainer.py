@@ -7,6 +7,13 @@ prompt (``revision_template``) holding ``y_l`` and holding ``y_w``. All ``6 B`` 
 forward (one larger matmul, TRL's fused LM head, optionally padding-free), and their completion-token log-prob sums
 minus the reference's give the six log-ratios ``h``.
 
+**Length normalisation** (``length_normalize``, default on): each log-ratio ``h`` is divided by its completion's
+token count before the loss, as TRL's IPO loss does ("confirmed with the IPO authors; the results reported in the
+paper correspond to this normalized form", TRL ``DPOTrainer``); SRPO shares IPO's squared loss and three of its
+authors. With sums (``length_normalize: false``, the equations read literally) the margins' targets of 1/2 and 1
+over beta nats are reached by a tiny change of a long answer's probability, and the squared loss's gradient grows
+with the answer length. Either way the reference, the six sequences and the loss are the same; only ``h`` is scaled.
+
 Reference (:class:`llmpost.methods.reference.Reference`): ``precomputed`` (default without LoRA: the ``6 N``
 sequences scored once before training, no second model), ``peft_base`` (default with LoRA) or ``model``.
 
@@ -51,6 +58,7 @@ class SRPOConfig(TrainingArguments):
     alpha: float = field(default=0.5, metadata={"help": "Weight of the self-improvement loss in [0, 1] (1 - alpha: the generative loss)."})
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per prompt + completion (see tokenize_prompt_completion)."})
     max_prompt_length: int | None = field(default=None, metadata={"help": "Prompt tokens kept when truncating (default max_length // 2)."})
+    length_normalize: bool = field(default=True, metadata={"help": "Divide each sequence's log-ratio by its completion tokens (as TRL's IPO; see the module docstring); false: sums."})
     reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed | peft_base | model."})
     ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model)."})
     precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
@@ -146,7 +154,10 @@ class SRPOTrainer(ReferenceMixin, Trainer):
             ref = self.ref_logps[inputs["index"]].T
         else:
             ref = self.reference_sequence_logps(ids, att, lab).view(len(KEYS), -1)
-        h = dict(zip(KEYS, seq - ref))
+        diff = seq - ref
+        if args.length_normalize:
+            diff = diff / mask.sum(-1).view(len(KEYS), -1).clamp(min=1)
+        h = dict(zip(KEYS, diff))
         terms = srpo_terms(h["w"], h["l"], h["w_given_l"], h["l_given_l"], h["w_given_w"], h["l_given_w"],
                            args.beta, args.alpha)
         loss = terms["loss"].mean()
