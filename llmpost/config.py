@@ -179,10 +179,26 @@ def check_launch(args) -> None:
             )
 
 
+def setup_logging() -> None:
+    """Show llmpost's own INFO lines (data statistics, generation rounds, evaluation progress) on stderr, unless the
+    application configured logging itself; other libraries' loggers are left as they are."""
+    import logging
+
+    log = logging.getLogger("llmpost")
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def run_main(main, argv=None) -> None:
     """Run a recipe's ``main``; turn user errors into one clear line on stderr and exit status 2."""
     from .data.files import DataError
     from .utils import OutputDirError
+
+    setup_logging()
 
     try:
         main(argv)

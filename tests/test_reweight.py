@@ -275,3 +275,134 @@ def test_recipe_without_corpus_names_the_keys(tmp_path):
     with pytest.raises(ConfigError, match="corpus_files / dataset_name"):
         recipe.main(["--model_name_or_path", str(TINY_MODEL), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
     assert not (tmp_path / "out").exists()
+
+
+# ----- packing on disk (corpora that do not fit in memory) -------------------------------------------------------------
+
+import logging  # noqa: E402
+import random  # noqa: E402
+
+import datasets  # noqa: E402
+
+from llmpost.data.corpus import PackStats, iter_paragraphs, load_texts, pack_dataset  # noqa: E402
+from llmpost.data.pretrain import PretrainArguments, pretrain_splits  # noqa: E402
+
+WORDS = "the cat dog sun sky park ball tree ran jumped blue red happy sad Lily Tom ate apple rain day".split()
+
+
+def _synthetic_docs(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+def _doc_tokens(tok, texts):
+    return [[tok.bos_token_id, *tok(t, add_special_tokens=False).input_ids, tok.eos_token_id] for t in texts]
+
+
+def _check_positions(tok, ds, seq_length):
+    for row, pos in zip(ds["input_ids"], ds["position_ids"]):
+        assert len(row) == len(pos) == seq_length and pos[0] == 0
+        for j in range(1, seq_length):  # positions restart at every BOS (a document start), else count up
+            assert pos[j] == (0 if row[j] == tok.bos_token_id else pos[j - 1] + 1)
+
+
+@pytest.fixture(scope="module")
+def disk_corpus(tmp_path_factory):
+    """Every kind of source: .jsonl (with a duplicate-heavy tail and blank texts), .txt, .json, and a local folder
+    given as ``dataset_name`` (the hub path: non-string values skipped); documents repeat across sources."""
+    d = tmp_path_factory.mktemp("disk_corpus")
+    docs = _synthetic_docs(300)
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [*docs[:120], *docs[:15], "  ", ""]))
+    (d / "b.txt").write_text("\n\n \n".join(docs[120:220]) + "\n\n" + docs[0])
+    (d / "c.json").write_text(json.dumps(docs[220:280]))
+    (d / "hub").mkdir()
+    (d / "hub" / "train.jsonl").write_text("".join(json.dumps({"text": t, "id": i}) + "\n"
+                                                   for i, t in enumerate([*docs[270:], None, docs[5]])))  # fmt: skip
+    unique = len(set(docs))
+    return [str(d / n) for n in ("a.jsonl", "b.txt", "c.json")], str(d / "hub"), unique
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"max_documents": 150, "corpus_seed": 3, "validation_fraction": 0.2}])
+def test_disk_packing_gives_the_memory_rows(disk_corpus, tok, tmp_path, caplog, kwargs):
+    files, hub, unique = disk_corpus
+    base = {"corpus_files": files, "dataset_name": hub, "seq_length": 16, "validation_fraction": 0.1} | kwargs
+    memory = pretrain_splits(PretrainArguments(**base), tok)
+    with caplog.at_level(logging.INFO, logger="llmpost.data.pretrain"):
+        disk = pretrain_splits(PretrainArguments(**base, packing="disk", cache_dir=str(tmp_path / "cache")), tok)
+    for m, d in zip(memory, disk):
+        assert d.column_names == m.column_names == ["input_ids", "labels", "position_ids", "index"]
+        assert d.to_dict() == m.to_dict() and len(d) > 10  # same rows, same split, same order
+    n = min(unique, kwargs.get("max_documents", unique))  # deduplicated across sources
+    n_val = round(n * base["validation_fraction"])
+    assert f"training: {n - n_val} documents" in caplog.text and f"validation: {n_val} documents" in caplog.text
+    assert {f for f in (tmp_path / "cache").rglob("*.arrow")}  # the corpus went to cache_dir
+
+
+def test_disk_packing_in_small_batches_drops_each_batch_tail(tok):
+    texts = _synthetic_docs(60, seed=1)
+    rows, stats = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tok, 16, batch_documents=7)
+    docs = _doc_tokens(tok, texts)
+    expected, dropped = [], 0
+    for b in range(0, len(docs), 7):  # by hand: each batch of 7 documents packed on its own, its tail dropped
+        flat = sum(docs[b : b + 7], [])
+        kept = len(flat) // 16 * 16
+        expected += [flat[i : i + 16] for i in range(0, kept, 16)]
+        dropped += len(flat) - kept
+    assert rows["input_ids"] == expected and rows["labels"] == expected and rows["index"] == list(range(len(expected)))
+    assert stats == PackStats(documents=60, tokens=sum(map(len, docs)), rows=len(expected), dropped=dropped)
+    assert 0 < dropped <= 9 * 15  # at most seq_length - 1 per batch
+    _check_positions(tok, rows, 16)
+    whole = pack_documents(texts, tok, 16)  # one batch holding every document: pack_documents' rows
+    assert pack_dataset(datasets.Dataset.from_dict({"text": texts}), tok, 16, batch_documents=60)[0].to_dict() == whole.to_dict()
+
+
+def test_disk_packing_with_processes_batches_each_shard(tok):
+    texts = _synthetic_docs(40, seed=2)
+    rows, stats = pack_dataset(datasets.Dataset.from_dict({"text": texts}), tok, 16, batch_documents=100, num_proc=2)
+    halves = [sum(_doc_tokens(tok, texts[:20]), []), sum(_doc_tokens(tok, texts[20:]), [])]  # one shard each
+    expected = [h[i : i + 16] for h in halves for i in range(0, len(h) // 16 * 16, 16)]
+    assert rows["input_ids"] == expected and rows["index"] == list(range(len(expected)))
+    assert stats.dropped == sum(len(h) % 16 for h in halves)
+    _check_positions(tok, rows, 16)
+
+
+def test_txt_paragraphs_stream_as_load_texts_reads_them(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b" \nfirst\r\nstill first \n\t\n\n\nsecond\n \n \nthird\n\f\nthird b\n\n")
+    assert list(iter_paragraphs(path)) == load_texts(path) == ["first\nstill first", "second", "third\n\f\nthird b"]
+    path.write_bytes(b"fine\n\nbad \xff byte\n")
+    with pytest.raises(DataError, match=r"c.txt: not UTF-8 \(invalid start byte at byte 10\)"):
+        list(iter_paragraphs(path))
+
+
+@pytest.mark.parametrize("name,content,kwargs,match", [
+    ("a.jsonl", '{"body": "x"}\n', {}, "lacks column 'text'"),
+    ("a.jsonl", '{"text": "a"}\n{"text": null}\n', {}, "line 2: 'text' is not a string"),
+    ("a.txt", "\n  \n\t\n", {}, "holds no text"),
+    ("a.json", json.dumps(["short one.", "short two."]), {"seq_length": 4096}, "fewer than one sequence of seq_length=4096"),
+    ("a.json", json.dumps([f"document {i}." for i in range(40)]), {"seq_length": 64, "packing_batch_documents": 1},
+     "fill no row of seq_length=64: each batch of 1 documents"),
+])  # fmt: skip
+def test_disk_packing_errors_name_the_file_or_key(tmp_path, tok, name, content, kwargs, match):
+    path = tmp_path / name
+    path.write_text(content)
+    args = PretrainArguments(corpus_files=[str(path)], packing="disk", cache_dir=str(tmp_path / "cache"),
+                             validation_fraction=0.0, **kwargs)  # fmt: skip
+    with pytest.raises(DataError, match=match) as e:
+        pretrain_splits(args, tok)
+    if "fewer" not in match and "fill" not in match:
+        assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("yaml,extra,match", [
+    ("packing: tape\n", [], "key 'packing' expects one of"),
+    ("packing: disk\n", ["--packing_batch_documents", "0"], "packing_batch_documents: must be >= 1"),
+    ("packing: disk\n", ["--seq_length", "4096"], "fewer than one sequence of seq_length=4096"),
+])  # fmt: skip
+def test_recipe_disk_packing_errors_write_nothing(tmp_path, yaml, extra, match):
+    cfg = tmp_path / "disk.yaml"
+    cfg.write_text(yaml)
+    corpus = _corpus(tmp_path, [{"text": f"short {i}."} for i in range(5)])
+    with pytest.raises((DataError, ConfigError), match=match):
+        recipe.main(["--config", str(cfg), *_argv(tmp_path, corpus, "--cache_dir", str(tmp_path / "c"), *extra)])
+    assert not (tmp_path / "out").exists()
