@@ -342,11 +342,14 @@ def preference_evaluator(data_args, heldout, model, tokenizer, max_length: int, 
     revisions) and ``eval_dir/drafts.jsonl`` (every draft of every held-out prompt)."""
     if not data_args.eval_after_training or heldout is None:
         return None
+    from accelerate import PartialState
+
     from .eval.preference import PREFERENCE_EVAL_FILE, implicit_reward_metrics, pair_logps
     from .eval.winrate import build_judge, revision_win_rates
 
     templates = data_args.templates()
     judge = build_judge(data_args.judge, data_args.judge_model_path)
+    model.to(PartialState().device)  # score on the accelerator (the trainer would move it there anyway)
     ref_chosen, ref_rejected = pair_logps(model, tokenizer, heldout, templates, max_length, batch_size)
     prompts, references = [], []
     for p, c in zip(heldout["prompt"], heldout["chosen"]):  # one draft chain per distinct prompt
