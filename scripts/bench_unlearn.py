@@ -155,16 +155,17 @@ def build_model(args):
 
     dtype = torch.bfloat16 if args.gpu else torch.float32
     device = "cuda" if args.gpu else "cpu"
+    attn = getattr(args, "attn_implementation", "sdpa")  # bench_dco.py's arguments have no such flag
     torch.manual_seed(0)  # identical weights in every worker
     if args.model in SHAPES:
         config = LlamaConfig(**SHAPES[args.model], max_position_embeddings=max(args.seq_len, 2048),
                              bos_token_id=1, eos_token_id=2, pad_token_id=0)
         with torch.device(device):  # initialise on the device: seconds instead of a minute for 1B parameters
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=args.attn_implementation)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     else:
         if not os.path.isdir(args.model):
             raise SystemExit(f"--model {args.model!r}: not one of {sorted(SHAPES)} and not a local directory")
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=args.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation=attn)
     return model.to(device)
 
 
