@@ -214,7 +214,7 @@ def mean_curve(curves: list[tuple[list[int], list[float]]]) -> tuple[list[int], 
 
 def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None = None) -> None:
     """One row of line plots. Each panel: ``{"title", "ylabel", "series": {name: (steps, means, stderrs)},
-    "hline": optional (value, label), "xlabel": optional (default "optimizer step")}``; a band of +-1 standard error is drawn where it is non-zero, and a series
+    "hline": optional (value, label), "xlabel": optional (default "optimizer step"), "xticks": optional}``; a band of +-1 standard error is drawn where it is non-zero, and a series
     name has the same colour in every panel."""
     import matplotlib
 
@@ -238,6 +238,8 @@ def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None =
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label=label)
         ax.set_title(panel["title"])
         ax.set_xlabel(panel.get("xlabel", "optimizer step"))
+        if panel.get("xticks") is not None:
+            ax.set_xticks(panel["xticks"])
         ax.set_ylabel(panel["ylabel"])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

@@ -9,8 +9,12 @@ answer chosen, a perturbed answer rejected; 10% of the questions held out), eval
 implicit-reward accuracy against the warm start, and the judge's score (ROUGE-L F1 to the gold answer on CPU) of the
 model's draft after 0, 1 and 2 self-revisions. The SFT model itself is the first row.
 
+An extra row ``SRPO, sums`` appears when ``--out``/``srpo_sum`` holds a run of ``recipes/srpo.py`` with
+``--length_normalize false`` (made by hand: same command as the SRPO run).
+
 Part ``sft_dpo``: the SFT -> DPO pipeline of arXiv 2507.00018: SFT variants (cross-entropy at the learning rate of
-the warm start, cross-entropy at a tenth of it, Pearson chi^2, squared Hellinger, forward KL), each followed by the
+the warm start, cross-entropy at a tenth of it, Pearson chi^2 at both rates, squared Hellinger, forward KL), each
+followed by the
 same DPO stage from that SFT model (``recipes/sft_dpo.py``); for each, the SFT model's and the DPO model's held-out
 numbers.
 
@@ -41,6 +45,7 @@ SFT_VARIANTS = {  # name: SFT-stage flags (on top of the SFT config)
     "ce": [],
     "ce_lr/10": ["--learning_rate", "3e-4"],
     "pearson": ["--sft_divergence", "pearson"],
+    "pearson_lr/10": ["--sft_divergence", "pearson", "--learning_rate", "3e-4"],
     "hellinger": ["--sft_divergence", "hellinger"],
     "forward_kl": ["--sft_divergence", "forward_kl"],
 }
@@ -118,7 +123,10 @@ def main(argv=None) -> None:
     tables, numbers, series = {}, {}, {}
     if "methods" in args.parts:
         rows = {}
-        for name, d in (("SFT warm start", warm), ("SRPO", out / "srpo"), ("DPO", out / "dpo"), ("IPO", out / "ipo")):
+        methods = [("SFT warm start", warm), ("SRPO", out / "srpo"), ("DPO", out / "dpo"), ("IPO", out / "ipo")]
+        if (out / "srpo_sum").is_dir():  # an optional extra run: SRPO with length_normalize false (log-ratio sums)
+            methods.insert(2, ("SRPO, sums", out / "srpo_sum"))
+        for name, d in methods:
             s = _summary(d)
             numbers[name] = s
             rows[name] = _row(s)
@@ -141,8 +149,9 @@ def main(argv=None) -> None:
         tables["sft_dpo"] = markdown_table(rows, list(first) if first else keys, first_column="SFT variant: stage")
     if series:
         plot_curves([{"title": "held-out drafts vs gold answers", "ylabel": "ROUGE-L F1 to the gold answer (mean ± s.e.)",
-                      "xlabel": "self-revisions k (draft y_k)", "series": series}], out / "preference.png",
-                    title="Self-revision on TOFU held-out questions (stories260K, CPU): score after k revisions")  # fmt: skip
+                      "xlabel": "self-revisions k (draft y_k)", "xticks": sorted({k for v in series.values() for k in v[0]}),
+                      "series": series}], out / "preference.png",
+                    title="TOFU held-out questions, stories260K (CPU)")  # fmt: skip
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     text = "\n\n".join(f"### {k}\n\n{v}" for k, v in tables.items())
     atomic_write_json(out / "preference.json", {"machine": machine, "extra": args.extra, "tables": tables,

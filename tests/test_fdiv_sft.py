@@ -86,21 +86,24 @@ def test_values_at_policy_equal_reference(div):
 def test_expected_loss_is_minimised_at_the_data_distribution(div):
     # One state, data distribution q over a 5-token vocabulary: minimise E_{a*~q}[loss(a*)] over the policy's logits
     # with Adam from a random start; the minimiser must be q (for every form, whatever the reference).
-    vocab = 5
-    targets, mask = torch.arange(vocab).reshape(1, vocab), torch.ones(1, vocab, dtype=torch.bool)
-    for seed in range(3):
+    vocab, seeds = 5, 3  # the three (q, reference) draws are optimised together, one batch row each
+    targets, mask = torch.arange(vocab).repeat(seeds, 1), torch.ones(seeds, vocab, dtype=torch.bool)
+    draws = []
+    for seed in range(seeds):
         g = torch.Generator().manual_seed(seed)
-        q = torch.softmax(torch.randn(vocab, generator=g), -1)
-        ref = torch.randn(vocab, generator=g).expand(1, vocab, vocab)
-        z = torch.randn(vocab, generator=g).requires_grad_()
-        opt = torch.optim.Adam([z], lr=0.1)
-        for _ in range(1000):
-            opt.zero_grad()
-            loss = fdiv_sft_token_loss(z.expand(1, vocab, vocab), ref, targets, mask, div)
-            (loss[0] * q).sum().backward()
-            opt.step()
-        pi = torch.softmax(z.detach(), -1)
-        assert (pi - q).abs().max().item() < 1e-3, (div, seed, pi, q)
+        draws.append((torch.softmax(torch.randn(vocab, generator=g), -1), torch.randn(vocab, generator=g),
+                      torch.randn(vocab, generator=g)))
+    q = torch.stack([d[0] for d in draws])
+    ref = torch.stack([d[1] for d in draws])[:, None, :].expand(seeds, vocab, vocab)
+    z = torch.stack([d[2] for d in draws]).requires_grad_()
+    opt = torch.optim.Adam([z], lr=0.1)
+    for _ in range(1000):
+        opt.zero_grad()
+        loss = fdiv_sft_token_loss(z[:, None, :].expand(seeds, vocab, vocab), ref, targets, mask, div)
+        (loss * q).sum().backward()  # the rows are independent: each gets its own expected loss's gradient
+        opt.step()
+    pi = torch.softmax(z.detach(), -1)
+    assert (pi - q).abs().max().item() < 1e-3, (div, pi, q)
 
 
 def test_forward_kl_is_unbounded_below_for_one_hot_data_pearson_hellinger_are_not():
