@@ -351,11 +351,10 @@ def preference_evaluator(data_args, heldout, model, tokenizer, max_length: int, 
     judge = build_judge(data_args.judge, data_args.judge_model_path)
     model.to(PartialState().device)  # score on the accelerator (the trainer would move it there anyway)
     ref_chosen, ref_rejected = pair_logps(model, tokenizer, heldout, templates, max_length, batch_size)
-    prompts, references = [], []
-    for p, c in zip(heldout["prompt"], heldout["chosen"]):  # one draft chain per distinct prompt
-        if p not in prompts:
-            prompts.append(p)
-            references.append(c)
+    from .data.preference import sft_rows_from_pairs
+
+    gold = sft_rows_from_pairs(heldout)  # one draft chain per distinct prompt; its first pair's chosen answer is the gold
+    prompts, references = gold["prompt"], gold["completion"]
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
         from .eval.shard import sharded_map, world

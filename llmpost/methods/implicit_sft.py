@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from accelerate.utils import is_peft_model
 from transformers import Trainer, TrainingArguments
 from trl.trainer.utils import add_fused_lm_head
 
@@ -181,13 +180,8 @@ class ImplicitSFTTrainer(ReferenceMixin, Trainer):
         ce = self.divergence is SFTDivergence.CE
         if ce and not args.log_implicit_reward:
             return None  # nothing uses a reference
-        peft = is_peft_model(self.model)
-        ref = args.reference
-        if ref == Reference.AUTO:
-            ref = Reference.MODEL if have_ref_model else Reference.PRECOMPUTED if ce else Reference.PEFT_BASE if peft else Reference.MODEL
-        if ref == Reference.PEFT_BASE and not peft:
-            raise ValueError("reference: 'peft_base' needs a PEFT (LoRA) model; pass peft_config or use reference 'model'")
-        return ref
+        # ce needs only per-sequence log-probs: precomputed even with LoRA (one pass instead of a forward per step)
+        return self.choose_reference(args.reference, have_ref_model, needs_logits=not ce, lora_uses_base=False)
 
     def precompute_ref_sums(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs of the tokenised rows (:meth:`ReferenceMixin.precompute_ref_logps`: one pass in eval

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from accelerate.utils import is_peft_model
 from transformers import Trainer, TrainingArguments
 from trl.trainer.utils import add_fused_lm_head
 
@@ -133,12 +132,7 @@ class SRPOTrainer(ReferenceMixin, Trainer):
                          data_collator=_SRPOCollator(pad_id), **kwargs)
         self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
         self._metrics = defaultdict(list)
-        ref = args.reference
-        if ref == Reference.AUTO:
-            ref = Reference.MODEL if ref_model is not None else Reference.PEFT_BASE if is_peft_model(self.model) else Reference.PRECOMPUTED
-        if ref == Reference.PEFT_BASE and not is_peft_model(self.model):
-            raise ValueError("reference: 'peft_base' needs a PEFT (LoRA) model; set use_peft or another reference")
-        self.reference = ref
+        ref = self.reference = self.choose_reference(args.reference, ref_model is not None, needs_logits=False)
         self.ref_model = self._prepare_ref_model(ref_model, args) if ref == Reference.MODEL else None
         self.ref_logps = None
         if ref == Reference.PRECOMPUTED:

@@ -33,7 +33,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import is_peft_model
 from transformers import Trainer, TrainingArguments
 from trl.trainer.utils import add_fused_lm_head
 
@@ -161,13 +160,7 @@ class UnlearnTrainer(ReferenceMixin, Trainer):
         needs_logps = args.method in _NEEDS_REF_LOGPS
         if not (needs_logits or needs_logps):
             return None
-        peft = is_peft_model(self.model)
-        ref = args.reference
-        if ref == Reference.AUTO:
-            ref = Reference.MODEL if have_ref_model else Reference.PEFT_BASE if peft else Reference.MODEL if needs_logits else Reference.PRECOMPUTED
-        if ref == Reference.PEFT_BASE and not peft:
-            raise ValueError("reference: 'peft_base' needs a PEFT (LoRA) model; set use_peft or another reference")
-        return ref
+        return self.choose_reference(args.reference, have_ref_model, needs_logits)
 
     def planned_epochs(self, num_rows: int) -> int:
         """How many epochs (started ones included) training will run: at least the trainer's own count."""
