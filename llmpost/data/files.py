@@ -58,8 +58,9 @@ def iter_jsonl(path: str | Path):
         yield lineno, obj
 
 
-def load_jsonl(path: str | Path) -> datasets.Dataset:
-    """A JSON-lines file as a ``datasets.Dataset`` (one object per line, read and cached by ``datasets``).
+def load_jsonl(path: str | Path, cache_dir: str | None = None) -> datasets.Dataset:
+    """A JSON-lines file as a ``datasets.Dataset`` (one object per line, read and cached by ``datasets``, in
+    ``cache_dir`` when given).
 
     A malformed line raises :class:`DataError` naming the file and the line number, instead of the generic
     ``DatasetGenerationError`` that ``datasets`` raises.
@@ -68,7 +69,7 @@ def load_jsonl(path: str | Path) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     try:
-        return datasets.load_dataset("json", data_files=str(path), split="train")
+        return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
     except Exception as e:  # datasets wraps the parser's error; find the line ourselves
         bad = _first_bad_jsonl_line(path)
         if bad is None:

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..utils import StrEnum, parse_enum
 from .corpus import iter_paragraphs, load_texts, pack_dataset, pack_documents
-from .files import DataError, _first_bad_jsonl_line
+from .files import DataError, load_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +203,7 @@ def _local_documents(path: str, args: PretrainArguments) -> datasets.Dataset:
     if not file.is_file():
         raise DataError(f"text corpus {path!r} does not exist")
     if file.suffix == ".jsonl":
-        try:
-            ds = datasets.load_dataset("json", data_files=str(file), split="train", cache_dir=args.cache_dir)
-        except Exception as e:  # datasets wraps the parser's error; find the line ourselves (as files.load_jsonl)
-            bad = _first_bad_jsonl_line(file)
-            if bad is None:
-                raise DataError(f"{file}: could not be read as JSON lines: {type(e).__name__}: {e}") from e
-            raise DataError(f"{file}: {bad}") from None
+        ds = load_jsonl(file, cache_dir=args.cache_dir)
         if args.text_column not in ds.column_names:
             raise DataError(f"{file} lacks column {args.text_column!r}; it has {ds.column_names}")
         column, strict = args.text_column, True
