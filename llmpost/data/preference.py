@@ -264,6 +264,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def cut_prompt(ids: list[int], max_tokens: int) -> list[int]:
+    """``ids`` cut to ``max_tokens`` by dropping tokens from the left after the first (BOS) one, so the prompt's end
+    (the question, a revision prompt's draft) stays; unchanged when it fits."""
+    if len(ids) <= max_tokens:
+        return ids
+    return ids[:1] + ids[len(ids) - max_tokens + 1:] if max_tokens > 1 else ids[:1]
+
+
 def tokenize_prompt_completion(tokenizer, prompt_text: str, completion_text: str, max_length: int,
                                max_prompt_length: int | None = None) -> dict[str, list[int]]:
     """``input_ids`` / ``labels`` / ``attention_mask`` of ``prompt_text + completion_text`` followed by EOS, the loss on
@@ -283,9 +291,7 @@ def tokenize_prompt_completion(tokenizer, prompt_text: str, completion_text: str
     cut = _common_prefix(prompt_ids, full)
     prompt, completion = full[:cut], full[cut:]
     if len(prompt) + len(completion) > max_length:
-        keep = max(max_length - len(completion), min(max_prompt_length, len(prompt)), 1)
-        if keep < len(prompt):
-            prompt = prompt[:1] + prompt[len(prompt) - keep + 1:] if keep > 1 else prompt[:1]
+        prompt = cut_prompt(prompt, max(max_length - len(completion), min(max_prompt_length, len(prompt)), 1))
         completion = completion[: max_length - len(prompt)]
     ids = prompt + completion
     return {"input_ids": ids, "labels": [-100] * len(prompt) + completion, "attention_mask": [1] * len(ids)}

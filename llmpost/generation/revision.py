@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 def _encode(tokenizer, texts: Sequence[str], max_prompt_length: int | None) -> list[list[int]]:
     """Token ids of each prompt text; longer than ``max_prompt_length``: the first (BOS) token and the last tokens, as
     training cuts prompts (:func:`llmpost.data.preference.tokenize_prompt_completion`)."""
+    from ..data.preference import cut_prompt
+
     out = []
     for text in texts:
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-        if max_prompt_length is not None and len(ids) > max_prompt_length:
-            ids = ids[:1] + ids[len(ids) - max_prompt_length + 1 :] if max_prompt_length > 1 else ids[:1]
-        out.append(ids)
+        out.append(ids if max_prompt_length is None else cut_prompt(ids, max_prompt_length))
     return out
 
 
