@@ -23,6 +23,20 @@ def pad_examples(examples: list[dict], pad_token_id: int, padding_side: str = "r
     return batch
 
 
+INDEXED_ROW_KEYS = ("input_ids", "labels", "attention_mask", "index")
+
+
+class IndexedRowCollator:
+    """Pads tokenised rows (``input_ids``, ``labels``, ``attention_mask``) and stacks their ``index``; other columns
+    are dropped."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return pad_examples([{k: r[k] for k in INDEXED_ROW_KEYS} for r in rows], self.pad_token_id)
+
+
 class ForgetRetainCollator:
     """Batches ``{"forget": ex, "retain": ex, "template": ex}`` items into ``forget_*``, ``retain_*`` and ``template_*``
     tensors (the parts an item has)."""

@@ -55,7 +55,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from trl.trainer.utils import add_fused_lm_head
 
-from ..data.collators import pad_examples
+from ..data.collators import INDEXED_ROW_KEYS, IndexedRowCollator
 from ..data.files import DataError
 from ..data.preference import PreferenceTemplates, tokenize_prompt_completion
 from ..generation import pad_token_id
@@ -68,7 +68,6 @@ from .step_metrics import check_finite_loss, flush_metrics
 
 __all__ = ["ImplicitSFTConfig", "ImplicitSFTTrainer", "Reference", "SFTDivergence", "tokenize_sft"]
 
-_KEYS = ("input_ids", "labels", "attention_mask", "index")
 
 
 def tokenize_sft(dataset: datasets.Dataset, tokenizer, templates: PreferenceTemplates, max_length: int,
@@ -137,14 +136,6 @@ class ImplicitSFTConfig(TrainingArguments):
         check_kernel_options(self)
 
 
-class _Collator:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return pad_examples([{k: r[k] for k in _KEYS} for r in rows], self.pad_id)
-
-
 class ImplicitSFTTrainer(ReferenceMixin, Trainer):
     """SFT with a per-token f-divergence loss and implicit-reward logging. ``train_dataset`` holds tokenised rows
     (``input_ids``, ``labels``, ``attention_mask``, ``index``), e.g. from :func:`tokenize_sft`."""
@@ -159,12 +150,12 @@ class ImplicitSFTTrainer(ReferenceMixin, Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        missing = [k for k in _KEYS if k not in train_dataset.column_names]
+        missing = [k for k in INDEXED_ROW_KEYS if k not in train_dataset.column_names]
         if missing:
             raise ValueError(f"ImplicitSFTTrainer: train_dataset lacks column(s) {missing} (use tokenize_sft)")
         pad_id = pad_token_id(processing_class)
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=_Collator(pad_id), **kwargs)
+                         data_collator=IndexedRowCollator(pad_id), **kwargs)
         self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
         self.divergence: SFTDivergence = args.sft_divergence
         self._metrics = defaultdict(list)

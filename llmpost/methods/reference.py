@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
-from ..data.collators import pad_examples
+from ..data.collators import IndexedRowCollator
 from ..ops import sequence_logps, token_logps
 from ..utils import StrEnum
 
@@ -97,9 +97,7 @@ class ReferenceMixin:
         and NaN elsewhere."""
         size = len(examples) if size is None else size
         bs = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        keys = ("input_ids", "labels", "attention_mask", "index")
-        loader = DataLoader(examples, batch_size=bs, shuffle=False,
-                            collate_fn=lambda ex: pad_examples([{k: e[k] for k in keys} for e in ex], self.pad_id))
+        loader = DataLoader(examples, batch_size=bs, shuffle=False, collate_fn=IndexedRowCollator(self.pad_id))
         loader = self.accelerator.prepare(loader)
         was_training = self.model.training
         model = prepare_deepspeed(self.model, self.accelerator) if self.is_deepspeed_enabled else self.model

@@ -40,7 +40,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from trl.trainer.utils import add_fused_lm_head
 
-from ..data.collators import pad_examples
+from ..data.collators import IndexedRowCollator
 from ..generation import pad_token_id
 from ..models import check_kernel_options
 from ..ops import token_logps
@@ -80,14 +80,6 @@ class DCOConfig(TrainingArguments):
         return self.dco_filter and self.dco_n > 1 and self.dco_threshold > 0
 
 
-class _Collator:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return pad_examples([{k: r[k] for k in ("input_ids", "labels", "attention_mask", "index")} for r in rows], self.pad_id)
-
-
 class DCOTrainer(Trainer):
     """SFT with DCO weights. ``train_dataset`` holds tokenised rows (``input_ids``, ``labels``, ``attention_mask``,
     ``index`` = row number), e.g. from :func:`llmpost.data.math.tokenize_math`."""
@@ -104,7 +96,7 @@ class DCOTrainer(Trainer):
         if "index" not in train_dataset.column_names or train_dataset["index"] != list(range(len(train_dataset))):
             raise ValueError("DCOTrainer: train_dataset needs an 'index' column equal to the row number")
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=_Collator(pad_token_id(processing_class)), **kwargs)  # fmt: skip
+                         data_collator=IndexedRowCollator(pad_token_id(processing_class)), **kwargs)  # fmt: skip
         self.fused, self.padding_free = args.fused_lm_head, args.padding_free
         self._metrics = defaultdict(list)
         self._queue: list[int] = []  # kept dataset indices waiting for an optimizer step (identical on every process)
