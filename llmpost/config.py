@@ -195,8 +195,7 @@ def setup_logging() -> None:
 
 def run_main(main, argv=None) -> None:
     """Run a recipe's ``main``; turn user errors into one clear line on stderr and exit status 2."""
-    from .data.files import DataError
-    from .utils import OutputDirError
+    from llmpost.utils import DataError, OutputDirError
 
     setup_logging()
 

@@ -95,3 +95,11 @@ def check_kernel_options(args) -> None:
                              "log-probs with TRL's fused LM head; Liger's loss kernels would replace that forward)")
         config[key] = False
     args.liger_kernel_config = config
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad token, else its EOS (open-unlearning and TRL fall back the same way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    return pad

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import tempfile
 from enum import Enum
@@ -71,3 +73,39 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, markers=("*
             f"output_dir {str(out)!r} already holds results ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); "
             "choose another output_dir, pass --overwrite_output_dir true, or --resume_from_checkpoint to continue"
         )
+
+
+class Ema:
+    """Exponential moving average ``v <- decay v + (1 - decay) x``; the first ``update`` sets ``v = x`` (no zero-init
+    bias). ``decay`` in [0, 1) (0: the latest value). ``value`` is None before the first update."""
+
+    def __init__(self, decay: float):
+        self.decay = check_rate("decay", decay)
+        self.value: float | None = None
+
+    def update(self, x: float) -> float:
+        x = float(x)
+        if not math.isfinite(x):
+            raise ValueError(f"Ema.update needs a finite value, got {x!r}")
+        self.value = x if self.value is None else self.decay * self.value + (1.0 - self.decay) * x
+        return self.value
+
+
+class RetainLogError(ValueError):
+    """A retain-model log is missing, unreadable, or lacks a needed entry. The message names the file and key."""
+
+
+def progress_disabled() -> bool:
+    """Whether the ``TQDM_DISABLE`` environment variable turns progress bars off (any value but ``""``/``0``/``false``)."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+
+
+class DataError(ValueError):
+    """A split, file or column is missing or malformed. The message names which and where."""
+
+
+def check_rate(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite rate in [0, 1), else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a rate in [0, 1), got {name}={value!r}")
+    return float(value)

@@ -18,11 +18,12 @@ from __future__ import annotations
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.math.data import MathArguments, tokenize_math
+from llmpost.benchmarks.math.recipe import math_evaluator
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.math import MathArguments, tokenize_math
-from llmpost.methods.sft import DCOConfig, DCOTrainer
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import math_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.dco import DCOConfig, DCOTrainer
 from llmpost.utils import check_output_dir
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 from trl import DPOConfig, DPOTrainer, ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.preference.data import PreferenceArguments
+from llmpost.benchmarks.preference.evaluate import preference_evaluator
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.preference import PreferenceArguments, format_for_trl
+from llmpost.data.preference import format_for_trl
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import preference_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
 from llmpost.utils import check_output_dir
 
 

@@ -19,10 +19,11 @@ from datasets import concatenate_datasets
 from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.muse.data import MuseArguments
+from llmpost.benchmarks.muse.recipe import muse_evaluator, muse_train_chunks
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.muse import MuseArguments
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import muse_evaluator, muse_train_chunks, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
 from llmpost.utils import check_output_dir
 
 

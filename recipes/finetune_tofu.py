@@ -17,10 +17,11 @@ from datasets import concatenate_datasets
 from trl import ModelConfig, SFTConfig, SFTTrainer
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.tofu.data import TofuArguments
+from llmpost.benchmarks.tofu.recipe import tofu_evaluator, tofu_train_splits
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.tofu import TofuArguments
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import save_and_evaluate, tofu_evaluator, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate
 from llmpost.utils import check_output_dir
 
 

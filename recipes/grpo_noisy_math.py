@@ -23,18 +23,20 @@ from dataclasses import dataclass, field
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.math.data import MathArguments, grpo_prompts
+from llmpost.benchmarks.math.recipe import HeldOutMathCallback, math_evaluator
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.math import MathArguments, grpo_prompts
-from llmpost.methods.noisy_grpo import NoiseRates
-from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig, NoisyGRPOTrainer, VerifierReward
-from llmpost.methods.verifiers import NoisyVerifier, math_verify_verifier, rule_based_verifier
+from llmpost.losses.noisy_grpo import NoiseRates
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import HeldOutMathCallback, math_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
+from llmpost.rewards.noise import NoisyVerifier
+from llmpost.rewards.verifiers import math_verify_verifier, rule_based_verifier
+from llmpost.trainers.noisy_grpo import NoisyGRPOConfig, NoisyGRPOTrainer, VerifierReward
 from llmpost.utils import StrEnum, check_output_dir, parse_enum
 
 
 class VerifierKind(StrEnum):
-    """A verifier of ``llmpost.methods.verifiers``."""
+    """A verifier of ``llmpost.rewards.verifiers``."""
 
     RULE_BASED = "rule_based"
     MATH_VERIFY = "math_verify"
@@ -71,7 +73,7 @@ class RewardArguments:
 
 @dataclass
 class CurveArguments:
-    """Held-out learning curves during training (``llmpost.pipeline.HeldOutMathCallback``)."""
+    """Held-out learning curves during training (``llmpost.benchmarks.math.recipe.HeldOutMathCallback``)."""
 
     heldout_eval_steps: int = field(default=0, metadata={"help": "Log heldout/pass@1 on the test problems every this "
                                                          "many steps and before the first (0: off)."})

@@ -15,11 +15,13 @@ from __future__ import annotations
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.preference.data import PreferenceArguments
+from llmpost.benchmarks.preference.evaluate import preference_evaluator
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.preference import PreferenceArguments, sft_rows_from_pairs
-from llmpost.methods.implicit_sft import ImplicitSFTConfig, ImplicitSFTTrainer, tokenize_sft
+from llmpost.data.preference import sft_rows_from_pairs
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import preference_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.implicit_sft import ImplicitSFTConfig, ImplicitSFTTrainer, tokenize_sft
 from llmpost.utils import check_output_dir
 
 

@@ -15,7 +15,7 @@ retain chunk ``i mod n``). Writes the model (or LoRA adapter) to ``output_dir`` 
 FLAT and IdkDPO on raw text are llmpost's adaptation (MUSE has no questions to refuse): the first
 ``template_prompt_tokens`` tokens of forget chunk ``i`` (default 32, BOS included) are its prompt; the template answer
 is that prompt followed by a refusal from ``template_answers_path`` (one per line) or llmpost's built-in list
-(:data:`llmpost.data.muse.DEFAULT_TEMPLATE_ANSWERS`) and EOS, labelled on the refusal and EOS only; for these two
+(:data:`llmpost.benchmarks.muse.data.DEFAULT_TEMPLATE_ANSWERS`) and EOS, labelled on the refusal and EOS only; for these two
 methods the forget chunk is labelled after the same prompt, so both answers continue the same text.
 
 Sustainability (MUSE C6, muse_bench ``baselines/scripts/unlearn_news_sust.sh``): requests ``sust/forget_1`` ..
@@ -34,20 +34,15 @@ import os
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.muse.data import MuseArguments
+from llmpost.benchmarks.muse.evaluate import SUMMARY_KEYS
+from llmpost.benchmarks.muse.recipe import label_after_prefix, muse_evaluator, muse_template_answers, muse_train_chunks
 from llmpost.config import ConfigError, check_launch, parse_config, run_main
-from llmpost.data.muse import MuseArguments
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.eval.muse import SUMMARY_KEYS
-from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
+from llmpost.eval.stats import markdown_table
 from llmpost.models import load_model, load_saved_model, load_tokenizer
-from llmpost.pipeline import (
-    label_after_prefix,
-    muse_evaluator,
-    muse_template_answers,
-    muse_train_chunks,
-    save_and_evaluate,
-)
-from llmpost.report import markdown_table
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.utils import atomic_write_json, atomic_write_text, check_output_dir
 
 

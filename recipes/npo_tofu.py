@@ -16,12 +16,13 @@ from __future__ import annotations
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.tofu.data import TofuArguments
+from llmpost.benchmarks.tofu.recipe import tofu_evaluator, tofu_template_answers, tofu_train_splits
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.tofu import TofuArguments
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import save_and_evaluate, tofu_evaluator, tofu_template_answers, tofu_train_splits
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.utils import check_output_dir
 
 

@@ -28,9 +28,10 @@ from trl.trainer.utils import get_peft_config
 
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.pretrain import PretrainArguments, pretrain_splits
-from llmpost.methods.reweight_trainer import ReweightConfig, ReweightTrainer
+from llmpost.eval.lm_loss import pretrain_evaluator
 from llmpost.models import init_model, load_model, load_tokenizer
-from llmpost.pipeline import pretrain_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.reweight import ReweightConfig, ReweightTrainer
 from llmpost.utils import check_output_dir
 
 

@@ -58,8 +58,8 @@ def main(argv=None):
     # Both stages' configs and output directories are checked before the first stage trains.
     from trl import DPOConfig, ModelConfig
 
+    from llmpost.benchmarks.preference.data import PreferenceArguments
     from llmpost.config import parse_config
-    from llmpost.data.preference import PreferenceArguments
     from llmpost.utils import check_output_dir
 
     parse_config((ModelConfig, PreferenceArguments, DPOConfig), ["--config", args.dpo_config, *dpo_extra,

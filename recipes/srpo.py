@@ -17,11 +17,12 @@ from __future__ import annotations
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
+from llmpost.benchmarks.preference.data import PreferenceArguments
+from llmpost.benchmarks.preference.evaluate import preference_evaluator
 from llmpost.config import check_launch, parse_config, run_main
-from llmpost.data.preference import PreferenceArguments
-from llmpost.methods.srpo_trainer import SRPOConfig, SRPOTrainer
 from llmpost.models import load_model, load_tokenizer
-from llmpost.pipeline import preference_evaluator, save_and_evaluate
+from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.srpo import SRPOConfig, SRPOTrainer
 from llmpost.utils import check_output_dir
 
 

@@ -13,7 +13,7 @@ rows (``prompt_len`` random prompt tokens + ``seq_len - prompt_len`` random answ
 long, so no padding; labels on the answer only), the same ``batch_size`` rows per micro-batch, gradient accumulation,
 optimizer (AdamW, constant LR), no logging or checkpointing, and TRL's fused LM head (both use it).
 
-* ``dco1``: :class:`llmpost.methods.sft.DCOTrainer` with ``dco_n=1`` (plain cross-entropy, weight 1).
+* ``dco1``: :class:`llmpost.trainers.dco.DCOTrainer` with ``dco_n=1`` (plain cross-entropy, weight 1).
 * ``trl_sft``: stock TRL ``SFTTrainer`` on the same rows given pre-tokenised (``input_ids`` + ``completion_mask``,
   ``completion_only_loss=True``, no packing, ``padding_free=False``): TRL builds the same labels. Its ``compute_loss``
   also computes its entropy and token-accuracy metrics every step (stock behaviour, part of its cost).
@@ -28,7 +28,7 @@ optimizer (AdamW, constant LR), no logging or checkpointing, and TRL's fused LM 
 Pretraining (every token of every row a target, rows exactly ``seq_len`` long, so nothing to pack or pad):
 
 * ``trl_sft_lm``: stock TRL ``SFTTrainer`` on the same rows as plain ``input_ids`` (``completion_only_loss=False``).
-* ``rw_uniform`` / ``rw_linupper``: :class:`llmpost.methods.reweight_trainer.ReweightTrainer` with the uniform
+* ``rw_uniform`` / ``rw_linupper``: :class:`llmpost.trainers.reweight.ReweightTrainer` with the uniform
   strategy (plain mean) and with LinUpper weights (r = 1, no warm-up): the weights cost a min, a max and a softmax over
   the micro-batch's B losses (plus one all-gather of B floats on several processes), so the two should match, and
   should match TRL within noise (the issue's target: within 5%).
@@ -169,8 +169,8 @@ def run_trainer(args) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from llmpost.methods.reweight_trainer import ReweightConfig, ReweightTrainer
-    from llmpost.methods.sft import DCOConfig, DCOTrainer
+    from llmpost.trainers.dco import DCOConfig, DCOTrainer
+    from llmpost.trainers.reweight import ReweightConfig, ReweightTrainer
 
     baseline_rss = _current_rss()
     if args.gpu:

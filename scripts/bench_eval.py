@@ -15,7 +15,7 @@ The load average is printed before and after.
 Contestants (TOFU, ``--forget_split``, default forget10; ``perturbed`` splits of forget, retain, real authors, world
 facts, plus the matching holdout):
 
-* ``llmpost``: :func:`llmpost.eval.tofu.evaluate_tofu` with ``--batch_size`` (default 32, open-unlearning's) and its
+* ``llmpost``: :func:`llmpost.benchmarks.tofu.evaluate.evaluate_tofu` with ``--batch_size`` (default 32, open-unlearning's) and its
   default generation settings (the lean greedy loop; the generation batch size chosen by
   :func:`llmpost.generation.auto_generation_batch_size`, printed).
 * ``open_unlearning``: an emulation of open-unlearning's TOFU evaluator (``locuslab/open-unlearning``,
@@ -36,7 +36,7 @@ facts, plus the matching holdout):
   forward per text) applied to the same TOFU workload: one generate per question (200 new tokens, no padding), one
   forward per (question, answer) pair, plus the same extra extraction-strength and min-k passes as open-unlearning.
 
-MUSE-News (``--muse``): import-guarded. It runs only once ``llmpost.eval.muse.evaluate_muse(model, tokenizer, *,
+MUSE-News (``--muse``): import-guarded. It runs only once ``llmpost.benchmarks.muse.evaluate.evaluate_muse(model, tokenizer, *,
 data_dir, batch_size, output_dir, max_examples=None, ...)`` exists, and then times it against a muse_bench emulation on
 the same files (``--muse_data_dir``): verbmem (one generate per prompt, 128 new tokens), knowmem forget and retain
 (few-shot prompt, one generate per question, 32 new tokens), privleak forget/retain/holdout (two forwards per text:
@@ -190,9 +190,9 @@ def run_open_unlearning(model, tok, data_dir, forget_split, holdout_split, max_e
                         max_new_tokens) -> dict:  # fmt: skip
     from rouge_score import rouge_scorer
 
-    from llmpost.data.tofu import TemplateArgs, encode_prompt, encode_qa
-    from llmpost.eval.tofu import load_tofu_eval_splits
-    from llmpost.generation import pad_token_id
+    from llmpost.benchmarks.tofu.evaluate import load_tofu_eval_splits
+    from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
+    from llmpost.models import pad_token_id
 
     tmpl, pad = TemplateArgs(), pad_token_id(tok)
     splits = load_tofu_eval_splits(data_dir, forget_split, holdout_split, max_examples)
@@ -256,8 +256,8 @@ def run_per_item(model, tok, data_dir, forget_split, holdout_split, max_examples
     """muse_bench-style loops on the TOFU workload: one generate / one forward per item, no padding."""
     from rouge_score import rouge_scorer
 
-    from llmpost.data.tofu import TemplateArgs, encode_prompt, encode_qa
-    from llmpost.eval.tofu import load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.evaluate import load_tofu_eval_splits
+    from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
 
     tmpl = TemplateArgs()
     splits = load_tofu_eval_splits(data_dir, forget_split, holdout_split, max_examples)
@@ -293,7 +293,7 @@ def run_per_item(model, tok, data_dir, forget_split, holdout_split, max_examples
 
 def _evaluate_muse():
     try:
-        from llmpost.eval.muse import evaluate_muse
+        from llmpost.benchmarks.muse.evaluate import evaluate_muse
     except ImportError:
         return None
     return evaluate_muse
@@ -351,7 +351,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--baselines", default="open_unlearning", help="comma list: open_unlearning, per_item")
-    p.add_argument("--muse", action="store_true", help="also MUSE-News (needs llmpost.eval.muse.evaluate_muse)")
+    p.add_argument("--muse", action="store_true", help="also MUSE-News (needs llmpost.benchmarks.muse.evaluate.evaluate_muse)")
     p.add_argument("--muse_data_dir", default=str(SHARED / "data" / "muse_news"))
     p.add_argument("--output", default=None, help="also write the JSON summary here")
     args = p.parse_args(argv)
@@ -361,16 +361,16 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from llmpost.eval.tofu import evaluate_tofu, load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.evaluate import evaluate_tofu, load_tofu_eval_splits
     from llmpost.generation import auto_generation_batch_size
 
     phases = _PhaseTimes()
-    tofu_logger = logging.getLogger("llmpost.eval.tofu")
+    tofu_logger = logging.getLogger("llmpost.benchmarks.tofu.evaluate")
     tofu_logger.addHandler(phases)
     tofu_logger.setLevel(logging.INFO)
     model, tok = _load(args.model)
     splits = load_tofu_eval_splits(args.data_dir, args.forget_split, None, args.max_examples)
-    from llmpost.data.tofu import TemplateArgs, encode_prompt
+    from llmpost.data.templates import TemplateArgs, encode_prompt
 
     questions = [r["question"] for k in ("forget", "retain", "ra", "wf") for r in splits[k]]
     longest = max(len(encode_prompt(tok, TemplateArgs(), q, 512)) for q in questions)
@@ -406,7 +406,7 @@ def main(argv=None) -> dict:
     if args.muse:
         evaluate_muse = _evaluate_muse()
         if evaluate_muse is None:
-            muse = {"status": "skipped: llmpost.eval.muse.evaluate_muse is not available"}
+            muse = {"status": "skipped: llmpost.benchmarks.muse.evaluate.evaluate_muse is not available"}
         else:
             mt: dict[str, list[float]] = {"llmpost": [], "muse_bench": []}
             for _ in range(args.repeats):

@@ -11,7 +11,7 @@ is no padding), the same number of sequences per optimizer step (``2 * batch_siz
 rows for NPO+RT, B chosen + B rejected rows for DPO), the same optimizer (AdamW, constant LR), the same gradient
 accumulation, gradient-checkpointing and mixed-precision settings, and no logging or checkpointing during the run.
 
-* ``llmpost``: :class:`llmpost.methods.unlearn.UnlearnTrainer`, ``method=npo_rt``, ``reference=precomputed``.
+* ``llmpost``: :class:`llmpost.trainers.unlearn.UnlearnTrainer`, ``method=npo_rt``, ``reference=precomputed``.
 * ``trl_dpo``: stock TRL ``DPOTrainer`` (sigmoid loss) with an explicit frozen reference model (a copy of the policy),
   i.e. TRL's default full fine-tuning setup.
 * ``trl_dpo_precompute`` (``--dpo_precompute_ref``): the same with ``precompute_ref_log_probs=True``.
@@ -262,7 +262,7 @@ def run_worker(args) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from llmpost.data.unlearn import ForgetRetainDataset
-    from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
+    from llmpost.trainers.unlearn import UnlearnConfig, UnlearnTrainer
 
     baseline_rss = _current_rss()
     if args.gpu:

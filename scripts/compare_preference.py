@@ -35,8 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmpost.eval.preference import PREFERENCE_EVAL_FILE  # noqa: E402
-from llmpost.report import RecipeRunner, markdown_table, plot_curves  # noqa: E402
+from llmpost.benchmarks.preference.evaluate import PREFERENCE_EVAL_FILE  # noqa: E402
+from llmpost.eval.stats import markdown_table  # noqa: E402
+from llmpost.report import plot_curves  # noqa: E402
+from llmpost.runner import RecipeRunner  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 SFT, DPO, IPO, SRPO = ("configs/preference/sft_tofu_tiny.yaml", "configs/preference/dpo_tofu_tiny.yaml",

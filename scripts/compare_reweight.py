@@ -27,9 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmpost.methods.reweight import ReweightStrategy  # noqa: E402
-from llmpost.pipeline import LOG_HISTORY_FILE, PRETRAIN_EVAL_FILE  # noqa: E402
-from llmpost.report import RecipeRunner, curve, markdown_table, mean_curve, mean_stderr, plot_curves  # noqa: E402
+from llmpost.eval.lm_loss import PRETRAIN_EVAL_FILE  # noqa: E402
+from llmpost.eval.stats import markdown_table, mean_stderr  # noqa: E402
+from llmpost.losses.reweight import ReweightStrategy  # noqa: E402
+from llmpost.pipeline import LOG_HISTORY_FILE  # noqa: E402
+from llmpost.report import curve, mean_curve, plot_curves  # noqa: E402
+from llmpost.runner import RecipeRunner  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 STRATEGIES = [s.value for s in ReweightStrategy][::-1]  # uniform first

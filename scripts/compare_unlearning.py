@@ -36,16 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmpost.methods.unlearn import UnlearnMethod  # noqa: E402
-from llmpost.report import (  # noqa: E402
-    TABLE_KEYS,
-    RecipeRunner,
-    load_run,
-    load_summary,
-    markdown_table,
-    plot_muse_runs,
-    plot_runs,
-)
+from llmpost.benchmarks.muse.report import plot_muse_runs
+from llmpost.benchmarks.tofu.report import TABLE_KEYS, load_run, plot_runs
+from llmpost.eval.stats import load_summary, markdown_table
+from llmpost.runner import RecipeRunner
+from llmpost.trainers.unlearn import UnlearnMethod  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = [m.value for m in UnlearnMethod]
@@ -97,7 +92,7 @@ def compare_tofu(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
 
 
 def compare_muse(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
-    from llmpost.eval.muse import SUMMARY_FILE
+    from llmpost.benchmarks.muse.evaluate import SUMMARY_FILE
 
     ft, unlearn = "configs/finetune_muse_tiny.yaml", "configs/npo_muse_tiny.yaml"
     retrain_log = out / "retrain/eval/MUSE_EVAL.json"

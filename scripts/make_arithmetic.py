@@ -1,4 +1,4 @@
-"""Write the synthetic arithmetic task (llmpost.data.math.arithmetic_problems) as MATH-format JSON-lines files.
+"""Write the synthetic arithmetic task (llmpost.benchmarks.math.data.arithmetic_problems) as MATH-format JSON-lines files.
 
     python scripts/make_arithmetic.py --out_dir runs/arithmetic               # train.jsonl (400) + test.jsonl (64)
     llmpost eval math --data_file runs/arithmetic/test.jsonl --model_name_or_path ... --output_dir ...
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llmpost.data.math import arithmetic_problems
+from llmpost.benchmarks.math.data import arithmetic_problems
 from llmpost.utils import atomic_write_text
 
 

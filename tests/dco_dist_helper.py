@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-from llmpost.methods.sft import DCOTrainer
+from llmpost.trainers.dco import DCOTrainer
 
 
 class RecordingDCOTrainer(DCOTrainer):

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from llmpost.config import run_main
-from llmpost.methods.unlearn import UnlearnTrainer
+from llmpost.trainers.unlearn import UnlearnTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-from llmpost.methods.noisy_grpo_trainer import NoisyGRPOTrainer
+from llmpost.trainers.noisy_grpo import NoisyGRPOTrainer
 
 
 class RecordingNoisyGRPOTrainer(NoisyGRPOTrainer):

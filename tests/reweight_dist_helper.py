@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dist_launch_helper import dump_rank, run_recipe_with  # this script's directory is on sys.path
 
-from llmpost.methods.reweight_trainer import ReweightTrainer
+from llmpost.trainers.reweight import ReweightTrainer
 
 
 class RecordingReweightTrainer(ReweightTrainer):

@@ -21,9 +21,9 @@ from dist_launch_helper import dump_rank
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY_MODEL, TOFU_DIR  # this script's directory is on sys.path
-from llmpost.data.preference import tofu_preference_pairs
-from llmpost.methods.srpo_trainer import SRPOConfig, SRPOTrainer
+from llmpost.benchmarks.preference.data import tofu_preference_pairs
 from llmpost.models import load_tokenizer
+from llmpost.trainers.srpo import SRPOConfig, SRPOTrainer
 
 N_PAIRS = 16
 

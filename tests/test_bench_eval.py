@@ -42,7 +42,7 @@ def test_bench_eval_tiny_reports_json_last_line(tmp_path):
     assert ou["forward_calls"] == 2 * (1 + 1 + 5) + 2 * (1 + 3) + 3  # probabilities, extraction strength, min-k x 2
     assert out["details"]["per_item"]["generate_calls"] == 8
     try:
-        from llmpost.eval.muse import evaluate_muse  # noqa: F401
+        from llmpost.benchmarks.muse.evaluate import evaluate_muse  # noqa: F401
     except ImportError:
         assert out["muse"]["status"].startswith("skipped")
     else:

@@ -12,9 +12,9 @@ import pytest
 from trl import ModelConfig
 
 from conftest import ROOT
+from llmpost.benchmarks.tofu.data import TofuArguments
 from llmpost.config import ConfigError, parse_config
-from llmpost.data.tofu import TofuArguments
-from llmpost.methods.unlearn import UnlearnConfig, UnlearnMethod
+from llmpost.trainers.unlearn import UnlearnConfig, UnlearnMethod
 
 UNLEARN = (ModelConfig, TofuArguments, UnlearnConfig)
 
@@ -37,37 +37,37 @@ def _types_for(config: Path):
     if config.name.startswith("finetune_muse"):
         from trl import SFTConfig
 
-        from llmpost.data.muse import MuseArguments
+        from llmpost.benchmarks.muse.data import MuseArguments
 
         return (ModelConfig, MuseArguments, _recipe_types("finetune_muse").FinetuneArguments, SFTConfig)
     if config.name.startswith("npo_muse"):
-        from llmpost.data.muse import MuseArguments
+        from llmpost.benchmarks.muse.data import MuseArguments
 
         return (ModelConfig, MuseArguments, UnlearnConfig)
     if config.name.startswith("grpo_noisy_math") or (config.parent.name == "grpo_noisy_math"
                                                      and not config.name.startswith("tiny_sft")):
-        from llmpost.data.math import MathArguments
-        from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig
+        from llmpost.benchmarks.math.data import MathArguments
+        from llmpost.trainers.noisy_grpo import NoisyGRPOConfig
 
         recipe = _recipe_types("grpo_noisy_math")
         return (ModelConfig, MathArguments, recipe.RewardArguments, recipe.CurveArguments, NoisyGRPOConfig)
     if config.name.startswith("reweight_pretrain"):
         from llmpost.data.pretrain import PretrainArguments
-        from llmpost.methods.reweight_trainer import ReweightConfig
+        from llmpost.trainers.reweight import ReweightConfig
 
         return (ModelConfig, PretrainArguments, ReweightConfig)
     if config.parent.name == "preference":
         from trl import DPOConfig
 
-        from llmpost.data.preference import PreferenceArguments
-        from llmpost.methods.implicit_sft import ImplicitSFTConfig
-        from llmpost.methods.srpo_trainer import SRPOConfig
+        from llmpost.benchmarks.preference.data import PreferenceArguments
+        from llmpost.trainers.implicit_sft import ImplicitSFTConfig
+        from llmpost.trainers.srpo import SRPOConfig
 
         stage = {"srpo": SRPOConfig, "dpo": DPOConfig, "ipo": DPOConfig, "sft": ImplicitSFTConfig}[config.name.split("_")[0]]
         return (ModelConfig, PreferenceArguments, stage)
     if config.name.startswith(("dco_math", "tiny_sft")):
-        from llmpost.data.math import MathArguments
-        from llmpost.methods.sft import DCOConfig
+        from llmpost.benchmarks.math.data import MathArguments
+        from llmpost.trainers.dco import DCOConfig
 
         return (ModelConfig, MathArguments, DCOConfig)
     raise AssertionError(f"no recipe known for shipped config {config.name}; add it to this test")

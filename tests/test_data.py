@@ -7,10 +7,12 @@ import json
 import pytest
 
 from conftest import TOFU_DIR
+from llmpost.benchmarks.tofu.data import first_authors, load_split
 from llmpost.data.collators import ForgetRetainCollator
-from llmpost.data.tofu import DataError, TemplateArgs, encode_prompt, encode_qa, first_authors, load_split
+from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.ops import IGNORE_INDEX
+from llmpost.utils import DataError
 
 
 def test_splits_have_documented_sizes():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from llmpost.methods.dco import DCOReduction, dco_loss, dco_weight
+from llmpost.losses.dco import DCOReduction, dco_loss, dco_weight
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +105,7 @@ def test_token_mean_is_the_authors_per_token_average():
 
 
 def test_config_errors_name_the_key():
-    from llmpost.methods.sft import DCOConfig
+    from llmpost.trainers.dco import DCOConfig
 
     for kwargs, key in [({"dco_n": 0}, "dco_n"), ({"dco_threshold": 1.0}, "dco_threshold"),
                         ({"dco_reduction": "sum"}, "dco_reduction"), ({"max_length": 0}, "max_length")]:  # fmt: skip
@@ -118,7 +118,7 @@ def test_config_errors_name_the_key():
 
 @pytest.fixture(scope="module")
 def setup(tokenizer):
-    from llmpost.data.math import MathArguments, tokenize_math
+    from llmpost.benchmarks.math.data import MathArguments, tokenize_math
 
     data_args = MathArguments(task="arithmetic", arithmetic_train_size=48, user_start_tag="Question: ",
                               user_end_tag="\n", asst_start_tag="Answer: ")  # fmt: skip
@@ -140,7 +140,7 @@ def warm(setup, tokenizer, tmp_path_factory):
 def _trainer(tmp_path, train, tokenizer, model, **kw):
     from transformers import AutoModelForCausalLM
 
-    from llmpost.methods.sft import DCOConfig, DCOTrainer
+    from llmpost.trainers.dco import DCOConfig, DCOTrainer
 
     kw = {"learning_rate": 1e-3, **kw}
     args = DCOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4,

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmpost.cli import main as cli_main
-from llmpost.data.files import DataError
-from llmpost.data.muse import (
+from llmpost.benchmarks.muse.data import (
     MuseProtocol,
     cut_knowmem_output,
     knowmem_item,
@@ -23,8 +21,7 @@ from llmpost.data.muse import (
     verbmem_item,
     verbmem_reference,
 )
-from llmpost.eval import metrics as M
-from llmpost.eval.muse import (
+from llmpost.benchmarks.muse.evaluate import (
     EVAL_FILE,
     SUMMARY_FILE,
     SUMMARY_KEYS,
@@ -32,7 +29,9 @@ from llmpost.eval.muse import (
     privleak_entries,
     resolve_reference_auc,
 )
-from llmpost.eval.tofu import RetainLogError
+from llmpost.cli import main as cli_main
+from llmpost.eval import metrics as M
+from llmpost.utils import DataError, RetainLogError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "muse_news"

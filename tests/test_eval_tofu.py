@@ -22,17 +22,17 @@ import pytest
 import torch
 from scipy import stats
 
-from llmpost.cli import main as cli_main
-from llmpost.eval import metrics as M
-from llmpost.eval.tofu import (
+from llmpost.benchmarks.tofu.evaluate import (
     EVAL_FILE,
     SUMMARY_FILE,
-    RetainLogError,
     compute_tofu_metrics,
     evaluate_tofu,
     load_retain_logs,
 )
+from llmpost.cli import main as cli_main
+from llmpost.eval import metrics as M
 from llmpost.generation import generate_greedy
+from llmpost.utils import RetainLogError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tofu"
@@ -294,7 +294,7 @@ DIST_SCRIPT = textwrap.dedent(
     import json, sys, torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from llmpost.eval.tofu import compute_tofu_metrics, evaluate_tofu
+    from llmpost.benchmarks.tofu.evaluate import compute_tofu_metrics, evaluate_tofu
     model_path, data_dir, out = sys.argv[1:4]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)

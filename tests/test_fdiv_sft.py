@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmpost.methods.fdiv_sft import (
+from llmpost.losses.fdiv_sft import (
     SFTDivergence,
     fdiv_sft_loss_from_labels,
     fdiv_sft_token_loss,

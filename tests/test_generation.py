@@ -14,6 +14,9 @@ import torch
 
 from conftest import TINY_MODEL
 from llmpost import generation as G
+from llmpost.generation.lean import _resolve_impl
+from llmpost.generation.transformers_backend import _generate_transformers
+from llmpost.models import pad_token_id
 
 TEXTS = ["Once upon a time", "The dog ran to the big red ball and", "Lily was sad.", "Tom and his mom went to the park",
          "One day, a little girl named Sue found a shiny"]  # fmt: skip
@@ -37,8 +40,8 @@ def prompts(tokenizer):
 def _both(model, tok, prompts, **kw):
     kw = {"max_new_tokens": 40, "batch_size": 8, "stopwords": None, **kw}
     args = (kw["max_new_tokens"], kw["batch_size"], kw["stopwords"])
-    lean = G._generate_transformers(model, tok, prompts, *args, impl="lean")
-    hf = G._generate_transformers(model, tok, prompts, *args, impl="hf")
+    lean = _generate_transformers(model, tok, prompts, *args, impl="lean")
+    hf = _generate_transformers(model, tok, prompts, *args, impl="hf")
     return lean, hf
 
 
@@ -81,7 +84,7 @@ def test_lean_matches_generate_with_eos_finishing_and_early_exit(model, tokenize
     m.generation_config.eos_token_id = eos
     lean_eos, hf_eos = _both(m, tokenizer, prompts, max_new_tokens=30, batch_size=5)
     assert lean_eos == hf_eos
-    pad = G.pad_token_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     first_stop = lean[0].index(lean[0][3])
     assert lean_eos[0][: first_stop + 1] == lean[0][: first_stop + 1]
     assert all(t == pad for t in lean_eos[0][first_stop + 1 :])  # finished rows are padded, as generate() does
@@ -110,7 +113,7 @@ def test_auto_falls_back_to_generate_when_the_loop_could_differ(model, tokenizer
     m = copy.deepcopy(model)
     m.generation_config.repetition_penalty = 1.3  # a logits processor generate() would apply
     assert not G.lean_supported(m)
-    assert G._resolve_impl(m, "auto") == G.GenerationImpl.HF
+    assert _resolve_impl(m, "auto") == G.GenerationImpl.HF
     with pytest.raises(ValueError, match="impl='lean'"):
         G.generate_greedy(m, tokenizer, prompts, max_new_tokens=5, impl="lean")
     auto = G.generate_greedy(m, tokenizer, prompts, max_new_tokens=20, impl="auto")
@@ -138,7 +141,7 @@ def test_auto_generation_batch_size(model):
 
 
 def test_equal_length_scoring_batches():
-    from llmpost.eval.tofu import _equal_length_batches
+    from llmpost.benchmarks.tofu.scoring import _equal_length_batches
 
     assert _equal_length_batches([5, 5, 5, 4, 4, 2], 2) == [(0, 2), (2, 3), (3, 5), (5, 6)]
     assert _equal_length_batches([3], 8) == [(0, 1)] and _equal_length_batches([], 8) == []
@@ -152,12 +155,12 @@ SAMPLINGS = [G.Sampling(), G.Sampling(temperature=0.7, top_k=5, top_p=0.9), G.Sa
 def _hf_sample(model, tok, input_ids, mask, s: G.Sampling, max_new_tokens, eos):
     return model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=s.temperature,
                           top_p=s.top_p, top_k=s.top_k, max_new_tokens=max_new_tokens, max_length=None,
-                          pad_token_id=G.pad_token_id(tok), eos_token_id=eos)[:, input_ids.shape[1]:]  # fmt: skip
+                          pad_token_id=pad_token_id(tok), eos_token_id=eos)[:, input_ids.shape[1]:]  # fmt: skip
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=["plain", "topk-topp", "topp"])
 def test_lean_sampling_matches_generate(model, tokenizer, prompts, sampling):
-    pad, eos = G.pad_token_id(tokenizer), [tokenizer.eos_token_id]
+    pad, eos = pad_token_id(tokenizer), [tokenizer.eos_token_id]
     input_ids, mask = G.transformers_backend._left_pad(prompts, [1, 4, 0, 2], pad, model.device)  # left padding
     assert (mask == 0).any()
     torch.manual_seed(11)
@@ -167,7 +170,7 @@ def test_lean_sampling_matches_generate(model, tokenizer, prompts, sampling):
     torch.manual_seed(12)
     assert not torch.equal(lean, G.lean._lean_decode(model, input_ids, mask, 30, pad, eos, None, sampling))
     # Through the batching layer (two batches, each reseeded): impl="lean" and impl="hf" (generate) agree.
-    run = {impl: G._generate_transformers(model, tokenizer, prompts, 30, 2, None, impl, sampling=sampling, seed=5)
+    run = {impl: _generate_transformers(model, tokenizer, prompts, 30, 2, None, impl, sampling=sampling, seed=5)
            for impl in ("lean", "hf")}  # fmt: skip
     assert run["lean"] == run["hf"]
 
@@ -177,9 +180,9 @@ def test_lean_sampling_matches_generate_with_eos_finishing(model, tokenizer, pro
     period = tokenizer.convert_tokens_to_ids(".")  # a token every story emits soon: rows finish at different steps
     m.generation_config.eos_token_id = [tokenizer.eos_token_id, period]
     s = G.Sampling(temperature=0.9, top_k=20, top_p=0.95)
-    lean = G._generate_transformers(m, tokenizer, prompts, 60, 5, None, "lean", sampling=s, seed=1)
-    assert lean == G._generate_transformers(m, tokenizer, prompts, 60, 5, None, "hf", sampling=s, seed=1)
-    pad = G.pad_token_id(tokenizer)
+    lean = _generate_transformers(m, tokenizer, prompts, 60, 5, None, "lean", sampling=s, seed=1)
+    assert lean == _generate_transformers(m, tokenizer, prompts, 60, 5, None, "hf", sampling=s, seed=1)
+    pad = pad_token_id(tokenizer)
     assert max(len(r) for r in lean) < 60  # every row finished: the loop stopped early
     assert len({r.index(period) for r in lean}) > 1  # ... at different steps
     for row in lean:

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import TINY_MODEL, TOFU_DIR
+from llmpost.benchmarks.preference.data import tofu_sft_rows
 from llmpost.data.collators import pad_examples
-from llmpost.data.files import DataError
-from llmpost.data.preference import PreferenceTemplates, tofu_sft_rows
-from llmpost.methods.fdiv_sft import fdiv_sft_loss_from_labels, sequence_token_mean
-from llmpost.methods.implicit_sft import ImplicitSFTConfig, ImplicitSFTTrainer, Reference, tokenize_sft
+from llmpost.data.templates import PreferenceTemplates
+from llmpost.losses.fdiv_sft import fdiv_sft_loss_from_labels, sequence_token_mean
 from llmpost.ops import IGNORE_INDEX, sequence_logps, token_logps
+from llmpost.trainers.implicit_sft import ImplicitSFTConfig, ImplicitSFTTrainer, tokenize_sft
+from llmpost.trainers.reference import Reference
+from llmpost.utils import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

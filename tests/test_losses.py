@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from llmpost.methods.grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
-from llmpost.methods.npo import npo_loss
-from llmpost.methods.simnpo import simnpo_loss
+from llmpost.losses.grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
+from llmpost.losses.npo import npo_loss
+from llmpost.losses.simnpo import simnpo_loss
 from llmpost.ops import kl_per_token, logps_from_logits, masked_mean, sequence_logps
 
 
@@ -118,7 +118,7 @@ FLAT_HAND = {"kl": -0.0276334473, "reverse_kl": -0.1434693403, "pearson": -0.234
 
 @pytest.mark.parametrize("divergence", list(FLAT_HAND))
 def test_flat_hand_values(divergence):
-    from llmpost.methods.flat import flat_loss
+    from llmpost.losses.flat import flat_loss
 
     loss = flat_loss(torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.25], dtype=torch.float64), divergence)
     assert loss.item() == pytest.approx(FLAT_HAND[divergence], abs=1e-9)
@@ -128,7 +128,7 @@ def test_flat_hand_values(divergence):
 def test_flat_gradient_raises_template_and_lowers_forget_probability(divergence):
     """For every divergence and every probability in (0, 1): dL/dP_e < 0 and dL/dP_f > 0, so a descent step moves the
     template answer up and the forget answer down (the authors' reverse-KL and Hellinger forms fail this)."""
-    from llmpost.methods.flat import flat_loss
+    from llmpost.losses.flat import flat_loss
 
     grid = torch.linspace(0.01, 0.99, 25, dtype=torch.float64)
     p_e, p_f = grid.clone().requires_grad_(True), grid.flip(0).clone().requires_grad_(True)
@@ -138,7 +138,7 @@ def test_flat_gradient_raises_template_and_lowers_forget_probability(divergence)
 
 
 def test_flat_batch_form_and_unknown_divergence():
-    from llmpost.methods.flat import flat_batch_loss, flat_loss
+    from llmpost.losses.flat import flat_batch_loss, flat_loss
 
     probs_e = torch.tensor([[0.2, 0.4, 0.9], [0.6, 0.0, 0.0]])  # second row: one answer token
     mask_e = torch.tensor([[True, True, True], [True, False, False]])
@@ -153,7 +153,7 @@ def test_flat_batch_form_and_unknown_divergence():
 
 # ----- DPO / IdkDPO (arXiv 2305.18290) --------------------------------------------------------------------------------
 def test_dpo_hand_values_and_label_smoothing():
-    from llmpost.methods.dpo import dpo_loss
+    from llmpost.losses.dpo import dpo_loss
 
     # h = (-5 - -6) - (-9 - -7) = 3; beta 0.1: -log sigmoid(0.3) = log(1 + e^-0.3) = 0.5543552444
     args = [torch.tensor([-5.0]), torch.tensor([-9.0]), torch.tensor([-6.0]), torch.tensor([-7.0])]
@@ -174,7 +174,7 @@ def test_dpo_loss_equals_trl_dpo_trainer_sigmoid_loss(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
     from conftest import TINY_MODEL
-    from llmpost.methods.dpo import dpo_loss
+    from llmpost.losses.dpo import dpo_loss
     from llmpost.models import load_tokenizer
 
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED, TINY_MODEL
+from llmpost.benchmarks.math.data import arithmetic_problems, load_math
+from llmpost.benchmarks.math.evaluate import extract_answer, grade_problems, load_predictions, summarize
 from llmpost.cli import main as cli
-from llmpost.data.files import DataError
-from llmpost.data.math import arithmetic_problems, load_math
-from llmpost.eval.math import extract_answer, grade_problems, load_predictions, summarize
+from llmpost.utils import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MATH500 = SHARED / "data" / "math" / "math500_test.jsonl"
@@ -160,7 +160,7 @@ def test_eval_and_report_commands_on_the_trained_model(trained, tmp_path):
 def test_prompts_base_and_chat_template(tokenizer):
     import copy
 
-    from llmpost.data.math import MathTemplateArgs, math_prompts, target_text, tokenize_math
+    from llmpost.benchmarks.math.data import MathTemplateArgs, math_prompts, target_text, tokenize_math
 
     rows = arithmetic_problems("test", 2)
     base = tokenizer.decode(math_prompts(rows, tokenizer, MathTemplateArgs(), 128)[0], skip_special_tokens=True)

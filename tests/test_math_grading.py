@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED
-from llmpost.eval import math_grading
-from llmpost.eval.math_grading import extract_boxed, grade, is_correct, is_equiv, strip_string
 from llmpost.eval.passk import pass_at_k, pass_at_k_curve, powers_of_two_upto
+from llmpost.grading import verify as math_grading
+from llmpost.grading.normalize import extract_boxed, is_equiv, strip_string
+from llmpost.grading.verify import grade, is_correct
 
 MATH500 = SHARED / "data" / "math" / "math500_test.jsonl"
 

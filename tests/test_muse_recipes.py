@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from conftest import ROOT, SHARED, TINY_MODEL
+from llmpost.benchmarks.muse.data import MuseArguments, muse_texts
+from llmpost.benchmarks.muse.evaluate import SUMMARY_KEYS
+from llmpost.benchmarks.muse.recipe import label_after_prefix, muse_template_answers, muse_train_chunks
 from llmpost.data.collators import pad_examples
 from llmpost.data.corpus import chunk_texts, load_texts
-from llmpost.data.files import DataError
-from llmpost.data.muse import MuseArguments, muse_texts
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.eval.muse import SUMMARY_KEYS
-from llmpost.methods.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnMethod, UnlearnTrainer
 from llmpost.ops import IGNORE_INDEX, sequence_logps, token_logps
-from llmpost.pipeline import label_after_prefix, muse_template_answers, muse_train_chunks
+from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnMethod, UnlearnTrainer
+from llmpost.utils import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MUSE = SHARED / "data" / "muse_news"

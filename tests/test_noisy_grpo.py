@@ -15,25 +15,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmpost.methods.noisy_grpo import (
+from llmpost.losses.noisy_grpo import (
     AdvantageNorm,
     Correction,
-    Ema,
     NoiseRates,
     advantages,
     backward_corrected_reward,
     corrected_scores,
     forward_correction_weight,
-    noise_channel,
 )
-from llmpost.methods.verifiers import (
-    AppealEstimator,
-    NoisyVerifier,
-    VerifyStats,
-    math_verify_verifier,
-    rule_based_verifier,
-    safe_verify,
-)
+from llmpost.rewards.appeals import AppealEstimator
+from llmpost.rewards.noise import NoisyVerifier, noise_channel
+from llmpost.rewards.verifiers import VerifyStats, math_verify_verifier, rule_based_verifier, safe_verify
+from llmpost.utils import Ema
 
 Z = 5.0
 RATES = [NoiseRates(0.0, 0.3), NoiseRates(0.1, 0.2), NoiseRates(0.25, 0.45)]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import CPU_BACKENDS, TINY_MODEL, accelerate_cmd, run_dumped
-from llmpost.methods.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
+from llmpost.losses.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "grpo_dist_helper.py"

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY_MODEL
-from llmpost.methods.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
-from llmpost.methods.noisy_grpo_trainer import NoisyGRPOConfig, NoisyGRPOTrainer
+from llmpost.losses.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, corrected_scores
+from llmpost.trainers.noisy_grpo import NoisyGRPOConfig, NoisyGRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,14 +9,9 @@ import datasets
 import pytest
 
 from conftest import TOFU_DIR
-from llmpost.data.files import DataError
-from llmpost.data.preference import (
-    load_preference_dataset,
-    tofu_preference_pairs,
-    tofu_sft_rows,
-    train_heldout_split,
-    validate_preference_rows,
-)
+from llmpost.benchmarks.preference.data import tofu_preference_pairs, tofu_sft_rows
+from llmpost.data.preference import load_preference_dataset, train_heldout_split, validate_preference_rows
+from llmpost.utils import DataError
 
 GOOD = {"prompt": "Q?", "chosen": "right", "rejected": "wrong"}
 

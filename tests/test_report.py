@@ -48,7 +48,8 @@ def test_report_errors_exit_2(tmp_path, capsys):
 def test_markdown_table_and_muse_plot(tmp_path):
     import math
 
-    from llmpost.report import markdown_table, plot_muse_runs
+    from llmpost.benchmarks.muse.report import plot_muse_runs
+    from llmpost.eval.stats import markdown_table
 
     runs = {"target": {"forget_verbmem_ROUGE": 0.61234, "retain_knowmem_ROUGE": 0.3, "privleak": None},
             "npo": {"forget_verbmem_ROUGE": 0.1, "retain_knowmem_ROUGE": 0.25, "privleak": math.nan}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from llmpost.data.preference import PreferenceTemplates
+from llmpost.data.templates import PreferenceTemplates
 from llmpost.generation import generate_greedy
 from llmpost.generation import revision as R
 

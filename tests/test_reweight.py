@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from llmpost.methods.reweight import (
+from llmpost.losses.reweight import (
     ReweightStrategy,
     normalize_losses,
     reweighted_loss,
@@ -103,8 +103,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from conftest import TINY_MODEL  # noqa: E402
 from llmpost.data.corpus import pack_documents  # noqa: E402
-from llmpost.data.files import DataError  # noqa: E402
-from llmpost.methods.reweight_trainer import ReweightConfig, ReweightTrainer, document_segments, sample_losses  # noqa: E402
+from llmpost.trainers.reweight import ReweightConfig, ReweightTrainer, document_segments, sample_losses  # noqa: E402
+from llmpost.utils import DataError  # noqa: E402
 
 TEXTS = ["Once upon a time there was a little dog.", "The sun was hot and the sky was blue today.",
          "Lily liked to play in the park with her ball.", "Tom ate an apple.", "It rained all day long."] * 3

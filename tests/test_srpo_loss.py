@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from llmpost.methods.srpo import log_ratio, srpo_loss, srpo_terms
+from llmpost.losses.srpo import log_ratio, srpo_loss, srpo_terms
 
 NAMES = ("h_w", "h_l", "hp_w_given_l", "hp_l_given_l", "hp_w_given_w", "hp_l_given_w")
 

@@ -16,13 +16,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import CPU_BACKENDS, TINY_MODEL, TOFU_DIR, accelerate_cmd, run_dumped
-from llmpost.data.files import DataError
-from llmpost.data.preference import PreferenceTemplates, tofu_preference_pairs, train_heldout_split
-from llmpost.eval.preference import implicit_reward_metrics, pair_logps
-from llmpost.methods.reference import Reference
-from llmpost.methods.srpo import srpo_loss
-from llmpost.methods.srpo_trainer import KEYS, SRPOConfig, SRPOTrainer
+from llmpost.benchmarks.preference.data import tofu_preference_pairs
+from llmpost.benchmarks.preference.evaluate import implicit_reward_metrics, pair_logps
+from llmpost.data.preference import train_heldout_split
+from llmpost.data.templates import PreferenceTemplates
+from llmpost.losses.srpo import srpo_loss
 from llmpost.ops import IGNORE_INDEX, sequence_logps, token_logps
+from llmpost.trainers.reference import Reference
+from llmpost.trainers.srpo import KEYS, SRPOConfig, SRPOTrainer
+from llmpost.utils import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

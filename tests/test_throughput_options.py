@@ -14,11 +14,12 @@ from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from conftest import TINY_MODEL, TOFU_DIR
-from llmpost.data.tofu import TemplateArgs, load_split, tokenize_qa
+from llmpost.benchmarks.tofu.data import load_split, tokenize_qa
+from llmpost.data.templates import TemplateArgs
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.methods.unlearn import UnlearnConfig, UnlearnTrainer
 from llmpost.models import check_kernel_options
 from llmpost.ops import pack_padded, sequence_logps, token_logps
+from llmpost.trainers.unlearn import UnlearnConfig, UnlearnTrainer
 
 LENGTHS = [40, 12, 25, 33, 7, 18]
 
@@ -140,8 +141,8 @@ def test_unlearn_trainer_options_equal_the_padded_run(tmp_path, splits, tokenize
 
 
 def test_dco_trainer_padding_free_equals_padded(tmp_path, tokenizer):
-    from llmpost.data.math import MathArguments, tokenize_math
-    from llmpost.methods.sft import DCOConfig, DCOTrainer
+    from llmpost.benchmarks.math.data import MathArguments, tokenize_math
+    from llmpost.trainers.dco import DCOConfig, DCOTrainer
 
     data_args = MathArguments(task="arithmetic", arithmetic_train_size=16, user_start_tag="Question: ",
                               user_end_tag="\n", asst_start_tag="Answer: ")  # fmt: skip

@@ -10,11 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from conftest import TINY_MODEL, TOFU_DIR
+from llmpost.benchmarks.tofu.data import load_split, tokenize_qa
 from llmpost.data.collators import pad_examples
-from llmpost.data.tofu import TemplateArgs, load_split, tokenize_qa
+from llmpost.data.templates import TemplateArgs
 from llmpost.data.unlearn import ForgetRetainDataset
-from llmpost.methods.unlearn import NonFiniteLossError, Reference, UnlearnConfig, UnlearnTrainer
 from llmpost.ops import masked_mean, sequence_logps, token_logps
+from llmpost.trainers.metrics import NonFiniteLossError
+from llmpost.trainers.reference import Reference
+from llmpost.trainers.unlearn import UnlearnConfig, UnlearnTrainer
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +215,7 @@ def test_epoch_callback_sets_dataset_and_collator_epoch_from_state():
 
 @pytest.fixture(scope="module")
 def templates(tokenizer):
-    from llmpost.data.tofu import encode_qa
+    from llmpost.data.templates import encode_qa
     from llmpost.data.unlearn import TemplateAnswers, load_template_answers
 
     questions = load_split("forget10", str(TOFU_DIR)).select(range(8))["question"]
@@ -274,8 +277,8 @@ def test_template_draw_is_a_function_of_seed_epoch_index_and_templates_are_requi
 
 
 def test_template_answers_file_errors(tmp_path):
-    from llmpost.data.files import DataError
     from llmpost.data.unlearn import load_template_answers
+    from llmpost.utils import DataError
 
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(DataError, match="holds no answer"):

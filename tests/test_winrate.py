@@ -1,4 +1,4 @@
-"""Judges and win rates (llmpost.eval.winrate): ROUGE-L F1 by hand; the pairwise LLM judge on the tiny real Llama
+"""Judges and win rates (llmpost.benchmarks.preference.winrate): ROUGE-L F1 by hand; the pairwise LLM judge on the tiny real Llama
 (scores in [0, 1], exact swap symmetry from averaging both orders, batching against single unpadded forwards,
 template and label validation); a random-init one-label reward model (ties, wins against rewards computed directly);
 the percentile bootstrap; per-revision summaries on hand-made scores; build_judge's dispatch and errors."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from llmpost.eval import winrate as W
+from llmpost.benchmarks.preference import winrate as W
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -80,7 +80,7 @@ def test_pairwise_batched_matches_single_forward(pairwise, lm, tokenizer):
 
 def test_pairwise_label_tokens(lm, tokenizer, caplog):
     probe = W.DEFAULT_PAIRWISE_TEMPLATE.format(prompt="What is it?", a="It is one.", b="It is two.")
-    with caplog.at_level(logging.WARNING, logger="llmpost.eval.winrate"):
+    with caplog.at_level(logging.WARNING, logger="llmpost.benchmarks.preference.winrate"):
         judge = W.PairwiseLLMJudge(lm, tokenizer)
     for label, token in zip(judge.labels, judge.label_ids):  # each label's first token right after the template
         base = tokenizer(probe)["input_ids"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from trl.trainer.utils import pad
 
-from ..ops import IGNORE_INDEX
+from llmpost.ops import IGNORE_INDEX
 
 _PAD = {"input_ids": None, "labels": IGNORE_INDEX, "attention_mask": 0}
 

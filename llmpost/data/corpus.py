@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .files import DataError, load_jsonl, read_json
+from llmpost.data.files import load_jsonl, read_json
+from llmpost.utils import DataError
 
 TEXT_SUFFIXES = (".txt", ".json", ".jsonl")
 

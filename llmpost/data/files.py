@@ -12,9 +12,7 @@ from pathlib import Path
 
 import datasets
 
-
-class DataError(ValueError):
-    """A split, file or column is missing or malformed. The message names which and where."""
+from llmpost.utils import DataError
 
 
 def _jsonl_objects(path: Path):

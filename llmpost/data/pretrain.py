@@ -43,9 +43,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..utils import StrEnum, parse_enum
-from .corpus import iter_paragraphs, load_texts, pack_dataset, pack_documents
-from .files import DataError, load_jsonl
+from llmpost.data.corpus import iter_paragraphs, load_texts, pack_dataset, pack_documents
+from llmpost.data.files import load_jsonl
+from llmpost.utils import DataError, StrEnum, parse_enum
 
 logger = logging.getLogger(__name__)
 

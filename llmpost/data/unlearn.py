@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .files import DataError
+from llmpost.utils import DataError
 
 
 def load_template_answers(path: str | Path) -> list[str]:
@@ -54,7 +54,7 @@ class TemplateAnswers:
     ``t``, tokenised like the forget rows (labels on the answer only); encodings are cached.
 
     ``encode_fn(row, answer_text) -> {"input_ids", "labels", "attention_mask"}`` builds one (TOFU: the row's question
-    with the template as answer; see :func:`llmpost.pipeline.tofu_template_answers`).
+    with the template as answer; see :func:`llmpost.benchmarks.tofu.recipe.tofu_template_answers`).
     """
 
     def __init__(self, answers: Sequence[str], encode_fn: Callable[[int, str], dict]):

@@ -1,16 +1,11 @@
-"""Evaluation: one module per benchmark (``tofu``), plus the shared metric functions (``metrics``).
-
-The benchmark entry points are imported lazily, so that ``llmpost.eval.metrics`` stays light (no transformers/TRL).
-"""
+"""Evaluation pieces every benchmark shares: metric functions (``metrics``), pass@k (``passk``), sharding over
+processes (``shard``), statistics and tables (``stats``), plots (``plots``) and the held-out language-modelling loss
+(``lm_loss``). The benchmarks themselves live in :mod:`llmpost.benchmarks`."""
 
 from __future__ import annotations
 
-__all__ = ["compute_tofu_metrics", "evaluate_tofu", "load_retain_logs"]
+from collections.abc import Callable
 
-
-def __getattr__(name: str):
-    if name in __all__:
-        from . import tofu
-
-        return getattr(tofu, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+Evaluator = Callable[..., dict]
+"""``evaluate(model, tokenizer, training_args, eval_dir) -> summary``: a benchmark's evaluation of a saved model, run
+on every process (items sharded), writing its result files into ``eval_dir`` on the main process."""

@@ -51,8 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# The private names below stay importable from ``llmpost.generation``, as from the former single module.
-from .common import (  # noqa: F401
+from llmpost.generation.common import (
     GenerationBackend,
     GenerationImpl,
     Sampling,
@@ -60,18 +59,16 @@ from .common import (  # noqa: F401
     _count_generated,
     _decode,
     _eos_ids,
-    _progress,
-    pad_token_id,
     postprocess,
-    progress_disabled,
 )
-from .lean import _greedy_lean, _lean_target, _resolve_impl, _StringStops, lean_supported  # noqa: F401
-from .transformers_backend import _generate_hf, _generate_transformers, auto_generation_batch_size  # noqa: F401
-from .vllm_backend import _generate_vllm, _sample_vllm
+from llmpost.generation.lean import lean_supported
+from llmpost.generation.transformers_backend import _generate_transformers, auto_generation_batch_size
+from llmpost.generation.vllm_backend import _generate_vllm, _sample_vllm
+from llmpost.models import pad_token_id
 
 __all__ = [
     "GenerationBackend", "GenerationImpl", "Sampling", "StopOnStrings", "auto_generation_batch_size",
-    "generate_greedy", "generate_samples", "lean_supported", "pad_token_id", "postprocess", "progress_disabled",
+    "generate_greedy", "generate_samples", "lean_supported", "postprocess",
 ]  # fmt: skip
 
 

@@ -3,7 +3,6 @@ text, the stop-string criterion for ``generate``, the sampling settings and the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -11,6 +10,8 @@ from enum import Enum
 import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria
+
+from llmpost.utils import progress_disabled
 
 
 class GenerationBackend(str, Enum):
@@ -34,14 +35,6 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-
-
-def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad token, else its EOS (open-unlearning and TRL fall back the same way)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
-    return pad
 
 
 def postprocess(text: str, tokenizer, stopwords: Sequence[str] | None = None) -> str:
@@ -102,11 +95,6 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
-
-
-def progress_disabled() -> bool:
-    """Whether the ``TQDM_DISABLE`` environment variable turns progress bars off (any value but ``""``/``0``/``false``)."""
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
 
 
 def _progress(total: int, desc: str, unit: str = "prompt"):

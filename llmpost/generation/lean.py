@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .common import GenerationImpl, Sampling
+from llmpost.generation.common import GenerationImpl, Sampling
 
 # Generation-config fields that add a logits processor, a stopping criterion or a cache other than DynamicCache to
 # greedy decoding, with the value meaning "off". Any other value sends "auto" to model.generate.

@@ -3,7 +3,7 @@
 SRPO trains a single policy for two tasks told apart only by the prompt: *generation* (answer the prompt) and
 *self-revision* (given the prompt and a previous answer, write a better one). At evaluation time the model drafts an
 answer, then revises its own answer ``k`` times; the paper reports the win rate of each revision step against the gold
-completions (:mod:`llmpost.eval.winrate`).
+completions (:mod:`llmpost.benchmarks.preference.winrate`).
 
 :func:`self_revise` runs that loop with greedy decoding on the shared generation layer
 (:func:`llmpost.generation.generate_greedy`, transformers or vLLM backend):
@@ -13,8 +13,8 @@ completions (:mod:`llmpost.eval.winrate`).
 
 Each round is one batched call over all prompts (the prompts of a round depend on the previous round's outputs, so the
 rounds run one after the other). Prompt texts are tokenised as in the rest of the package (``tokenizer(text,
-add_special_tokens=True)["input_ids"]``, as :func:`llmpost.data.tofu.encode_prompt` without a chat template and SRPO
-training's :func:`llmpost.data.preference.tokenize_prompt_completion` do), so a Llama tokenizer prepends its BOS; they
+add_special_tokens=True)["input_ids"]``, as :func:`llmpost.data.templates.encode_prompt` without a chat template and SRPO
+training's :func:`llmpost.data.templates.tokenize_prompt_completion` do), so a Llama tokenizer prepends its BOS; they
 are cut only when ``max_prompt_length`` is given (a long draft makes a long revision prompt). An empty draft is
 allowed: it enters the revision prompt as empty text.
 """
@@ -26,10 +26,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import GenerationBackend, generate_greedy
+from llmpost.generation import GenerationBackend, generate_greedy
 
 if TYPE_CHECKING:
-    from ..data.preference import PreferenceTemplates
+    from llmpost.data.templates import PreferenceTemplates
 
 __all__ = ["self_revise"]
 
@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 def _encode(tokenizer, texts: Sequence[str], max_prompt_length: int | None) -> list[list[int]]:
     """Token ids of each prompt text; longer than ``max_prompt_length``: the first (BOS) token and the last tokens, as
-    training cuts prompts (:func:`llmpost.data.preference.tokenize_prompt_completion`)."""
-    from ..data.preference import cut_prompt
+    training cuts prompts (:func:`llmpost.data.templates.tokenize_prompt_completion`)."""
+    from llmpost.data.templates import cut_prompt
 
     out = []
     for text in texts:
@@ -82,7 +82,7 @@ def self_revise(
     if not prompts:
         return []
     if GenerationBackend(backend) == GenerationBackend.VLLM:
-        from .vllm_backend import _vllm_engine
+        from llmpost.generation.vllm_backend import _vllm_engine
 
         model = _vllm_engine(model)[1]  # the engine itself when given one; else built once, not once per round
 

@@ -8,8 +8,9 @@ import contextlib
 import torch
 from transformers import StoppingCriteriaList
 
-from .common import GenerationImpl, Sampling, StopOnStrings, _eos_ids, _progress, pad_token_id
-from .lean import _lean_decode, _lean_target, _resolve_impl, _StringStops
+from llmpost.generation.common import GenerationImpl, Sampling, StopOnStrings, _eos_ids, _progress
+from llmpost.generation.lean import _lean_decode, _lean_target, _resolve_impl, _StringStops
+from llmpost.models import pad_token_id
 
 
 def _left_pad(prompts, rows: list[int], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:

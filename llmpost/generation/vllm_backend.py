@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .common import Sampling
+from llmpost.generation.common import Sampling
 
 
 def _vllm_engine(model):

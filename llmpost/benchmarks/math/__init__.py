@@ -1,0 +1,1 @@
+"""MATH (and a synthetic arithmetic task): pass@k with math-verify grading."""

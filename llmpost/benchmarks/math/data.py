@@ -1,0 +1,197 @@
+"""MATH (Hendrycks et al., arXiv 2103.03874): problems from a local JSON-lines file or the hub, prompts, training targets;
+and a seeded synthetic arithmetic task in the same format for CPU-scale runs.
+
+Rows have MATH-500's columns: ``problem``, ``solution``, ``answer``, ``subject``, ``level``, ``unique_id``. The local
+copies live in ``../shared/data/math/`` (``math500_test.jsonl``, ``train12k.jsonl``); a value that is not an existing
+path and looks like ``org/name`` is loaded from the hub (``HuggingFaceH4/MATH-500``), only when given.
+
+Prompts reuse the TOFU template fields (:class:`llmpost.data.templates.TemplateArgs`): for base models
+``user_start_tag + problem + user_end_tag + asst_start_tag``, for instruct models the tokenizer's chat template
+(``apply_chat_template``). Presets, set in the YAML configs:
+
+* the default asks for a final answer in ``\\boxed{}``: ``"Problem: "``, ``"\\nGive the final answer in
+  \\\\boxed{}.\\n"``, ``"Solution: "``;
+* DCO's direct-answer prompt (the authors' ``math_no_COT`` template, ``allanraventos/refine``,
+  ``refine/training/registry.py``): ``"Please give the answer to the following question directly! No need to write any
+  steps.\\nQuestion: "``, ``"\\n"``, ``"Answer: "``, with the target ``$answer$`` (:class:`MathTarget`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+import datasets
+
+from llmpost.data.files import load_jsonl
+from llmpost.data.templates import TemplateArgs, _chat, _wrap, encode_prompt, encode_qa
+from llmpost.utils import DataError, StrEnum, parse_enum
+
+MATH_COLUMNS = ("problem", "solution", "answer", "subject", "level", "unique_id")
+MATH500_HUB_ID = "HuggingFaceH4/MATH-500"
+
+
+class MathTask(StrEnum):
+    """Where the recipes' problems come from: ``math`` (``train_file`` / ``eval_file``) or ``arithmetic`` (the seeded
+    synthetic task of :func:`arithmetic_problems`)."""
+
+    MATH = "math"
+    ARITHMETIC = "arithmetic"
+
+
+class MathTarget(StrEnum):
+    """What a training example's answer is: the worked ``solution`` (ends in ``\\boxed{}``), the final answer alone as
+    ``$answer$`` (``direct``, the DCO paper's direct-answer setting: the authors' ``answer_s`` column), or
+    ``\\boxed{answer}`` (``boxed``)."""
+
+    SOLUTION = "solution"
+    DIRECT = "direct"
+    BOXED = "boxed"
+
+
+def target_text(row: dict, target: MathTarget | str) -> str:
+    """The training answer of one row for ``target``."""
+    match MathTarget(target):
+        case MathTarget.SOLUTION:
+            return row["solution"]
+        case MathTarget.DIRECT:
+            return f"${row['answer']}$"
+        case MathTarget.BOXED:
+            return f"\\boxed{{{row['answer']}}}"
+
+
+def load_math(source: str, required=("problem", "answer", "unique_id")) -> datasets.Dataset:
+    """MATH-format problems from a local ``.jsonl`` file, or from a hub dataset id (its ``test`` split, else ``train``).
+
+    Raises :class:`DataError` naming the file for a missing file, a malformed line, missing columns or duplicate
+    ``unique_id`` values.
+    """
+    if os.path.exists(source) or source.endswith((".jsonl", ".json")) or source.count("/") != 1:
+        ds = load_jsonl(source)
+        where = source
+    else:  # a hub id, used only when the user gave one
+        loaded = datasets.load_dataset(source)
+        split = "test" if "test" in loaded else "train"
+        ds, where = loaded[split], f"{source} ({split})"
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{where}: lacks column(s) {missing}; it has {ds.column_names}")
+    if "unique_id" in ds.column_names:
+        ids = ds["unique_id"]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"{where}: unique_id {dup!r} occurs more than once")
+    return ds
+
+
+def arithmetic_problems(split: str, size: int, seed: int = 0, max_operand: int = 30) -> list[dict]:
+    """A synthetic addition task in MATH's format, for runs on a tiny model on CPU.
+
+    Every ordered pair ``(a, b)`` with ``0 <= a, b <= max_operand`` is one problem "What is a + b?" with the answer
+    ``a + b`` and the solution ``\\boxed{a + b}``. The pairs are shuffled with ``seed``; ``test`` takes the first ``size``
+    of them and ``train`` the next ``size`` (so the splits never share a problem, for any two sizes). ``level`` is
+    1 + the number of carries, ``subject`` is ``"Arithmetic"``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"arithmetic split must be 'train' or 'test', got {split!r}")
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    random.Random(seed).shuffle(pairs)
+    half = len(pairs) // 2
+    if not 1 <= size <= half:
+        raise ValueError(f"arithmetic size must be in [1, {half}] for max_operand={max_operand}, got {size}")
+    chosen = pairs[:size] if split == "test" else pairs[half : half + size]
+    rows = []
+    for i, (a, b) in enumerate(chosen):
+        rows.append({"problem": f"What is {a} + {b}?", "solution": f"\\boxed{{{a + b}}}", "answer": str(a + b),
+                     "subject": "Arithmetic", "level": 1 + _carries(a, b), "unique_id": f"arithmetic/{split}/{i:05d}"})  # fmt: skip
+    return rows
+
+
+def _carries(a: int, b: int) -> int:
+    count = carry = 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        count += carry
+        a, b = a // 10, b // 10
+    return count
+
+
+@dataclass
+class MathTemplateArgs(TemplateArgs):
+    """The prompt template (:class:`TemplateArgs`' fields) with the default MATH prompt asking for ``\\boxed{}``."""
+
+    user_start_tag: str = field(default="Problem: ", metadata={"help": "Text before the problem (base models)."})
+    user_end_tag: str = field(default="\nGive the final answer in \\boxed{}.\n", metadata={"help": "Text after the problem."})
+    asst_start_tag: str = field(default="Solution: ", metadata={"help": "Text before the answer (base models)."})
+
+
+@dataclass
+class MathArguments(MathTemplateArgs):
+    """Data, prompt and evaluation options of the MATH recipes (the prompt template fields are inherited)."""
+
+    task: MathTask = field(default=MathTask.MATH, metadata={"help": "'math' (train_file / eval_file) or 'arithmetic' (synthetic, seeded)."})
+    train_file: str = field(default="../shared/data/math/train12k.jsonl", metadata={"help": "Training problems (.jsonl or hub id)."})
+    eval_file: str = field(default="../shared/data/math/math500_test.jsonl", metadata={"help": "Evaluation problems (.jsonl or hub id)."})
+    target: MathTarget = field(default=MathTarget.DIRECT, metadata={"help": "Training answer: solution | direct ($answer$) | boxed."})
+    arithmetic_seed: int = field(default=0, metadata={"help": "Synthetic task: the seed of the problem shuffle."})
+    arithmetic_max_operand: int = field(default=30, metadata={"help": "Synthetic task: operands are 0..this."})
+    arithmetic_train_size: int = field(default=400, metadata={"help": "Synthetic task: training problems."})
+    arithmetic_test_size: int = field(default=64, metadata={"help": "Synthetic task: evaluation problems."})
+    eval_after_training: bool = field(default=True, metadata={"help": "Evaluate pass@k on eval_file after training."})
+    eval_num_samples: int = field(default=16, metadata={"help": "Samples per problem (n of pass@k)."})
+    eval_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy)."})
+    eval_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    eval_max_new_tokens: int = field(default=32, metadata={"help": "Generation length (direct answers are short)."})
+    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation samples."})
+    eval_max_problems: int | None = field(default=None, metadata={"help": "Evaluate the first N problems only (smoke runs)."})
+    generation_backend: str = field(default="transformers", metadata={"help": "'transformers' or 'vllm' (GPU, optional)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
+
+    def __post_init__(self):
+        for name, enum in (("target", MathTarget), ("task", MathTask)):
+            setattr(self, name, parse_enum(name, getattr(self, name), enum))
+        if self.eval_num_samples < 1:
+            raise ValueError(f"eval_num_samples: must be >= 1, got {self.eval_num_samples}")
+        if self.eval_temperature < 0:
+            raise ValueError(f"eval_temperature: must be >= 0, got {self.eval_temperature}")
+
+    def problems(self, split: str) -> datasets.Dataset:
+        """The ``train`` or ``test`` problems of the configured task."""
+        if self.task == MathTask.ARITHMETIC:
+            size = self.arithmetic_train_size if split == "train" else self.arithmetic_test_size
+            rows = arithmetic_problems(split, size, self.arithmetic_seed, self.arithmetic_max_operand)
+            return datasets.Dataset.from_list(rows)
+        ds = load_math(self.train_file if split == "train" else self.eval_file)
+        if split == "train":
+            missing = [c for c in ("solution",) if self.target == MathTarget.SOLUTION and c not in ds.column_names]
+            if missing:
+                raise DataError(f"{self.train_file}: target 'solution' needs a 'solution' column")
+        return ds
+
+
+def tokenize_math(ds: datasets.Dataset, tokenizer, template: TemplateArgs, target: MathTarget | str,
+                  max_length: int) -> datasets.Dataset:
+    """Tokenised training rows (``input_ids``, ``labels`` over the answer + EOS only, ``attention_mask``, ``index``)."""
+
+    def fn(row, idx):
+        return {**encode_qa(tokenizer, template, row["problem"], target_text(row, target), max_length), "index": idx}
+
+    return ds.map(fn, with_indices=True, remove_columns=ds.column_names, desc="Tokenising")
+
+
+def math_prompts(rows, tokenizer, template: TemplateArgs, max_length: int) -> list[list[int]]:
+    """Token ids of each problem's generation prompt (ends with the answer start tag or the chat generation prompt);
+    ``rows``: a dataset or a list of rows with a ``problem``."""
+    return [encode_prompt(tokenizer, template, row["problem"], max_length) for row in rows]
+
+
+def grpo_prompts(ds: datasets.Dataset, template: TemplateArgs) -> datasets.Dataset:
+    """TRL GRPO rows: ``prompt`` (the template's text for base models, chat messages when ``apply_chat_template``;
+    TRL applies the chat template itself) and the gold ``answer`` (a string; reward functions get it as a kwarg)."""
+
+    def fn(row):
+        prompt = _chat(template, row["problem"], None) if template.apply_chat_template else _wrap(template, row["problem"])
+        return {"prompt": prompt, "answer": str(row["answer"])}
+
+    return ds.map(fn, remove_columns=ds.column_names, desc="Prompts")

@@ -1,1 +1,0 @@
-"""Methods: one file per method (its pure loss; its config and trainer where it has its own)."""

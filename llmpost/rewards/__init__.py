@@ -1,0 +1,1 @@
+"""RL reward pieces: verifiers, the verifier noise channel, the appeals estimator."""

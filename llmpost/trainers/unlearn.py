@@ -1,0 +1,276 @@
+"""The unlearning trainer shared by gradient ascent, gradient difference, NPO, NPO+RT, SimNPO, FLAT and IdkDPO.
+
+Each method is a pure per-example loss in its own file (``grad_diff.py``, ``npo.py``, ``simnpo.py``, ``flat.py``,
+``dpo.py``); this file holds
+the :class:`UnlearnConfig` (a ``transformers.TrainingArguments``), the :class:`UnlearnMethod` dispatch and the
+:class:`UnlearnTrainer`, a thin ``transformers.Trainer`` subclass (TRL has no unlearning trainer to extend; we reuse
+TRL's fused LM head, PEFT adapter switching and DeepSpeed inference-engine helpers).
+
+Objective, per batch of ``B`` forget examples each paired with one retain example (and, for FLAT and IdkDPO, one
+template answer such as "I don't know" to the forget row's question):
+
+    loss = gamma * mean_i forget_loss_i  +  alpha * mean_i retain_loss_i      (retain term only where the method has one)
+
+FLAT's forget loss contrasts the template and forget answers' mean token probabilities (no retain term, no
+reference); IdkDPO's is DPO with the template as the chosen and the forget answer as the rejected answer.
+
+Reference model (NPO, NPO+RT, IdkDPO, and the retain KL): ``reference: precomputed`` computes the reference log-probs
+in one pass before training and keeps no second model (for IdkDPO: the forget answers, and each template answer drawn
+for each forget row in every planned epoch); ``peft_base`` uses the LoRA model with adapters
+disabled; ``model`` keeps an explicit frozen copy (needed for the retain KL of full fine-tuning). ``auto`` picks the
+cheapest that works.
+
+Throughput options (shared with the other llmpost trainers): ``fused_lm_head`` (default on: the LM head in tiles over
+the answer positions, no ``(B, T, V)`` logits), ``padding_free`` (the forward sees only real tokens; exact, see
+:func:`llmpost.ops.pack_padded`; not for ``retain_loss: kl``, whose full-vocabulary logits keep the padded layout),
+``activation_checkpointing``, ``torch_compile`` and ``use_liger_kernel`` (:func:`llmpost.models.check_kernel_options`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+from trl.trainer.utils import add_fused_lm_head
+
+from llmpost.data.collators import ForgetRetainCollator
+from llmpost.epochs import EpochCallback
+from llmpost.losses.dpo import dpo_loss
+from llmpost.losses.flat import FDivergence, flat_batch_loss, flat_loss
+from llmpost.losses.grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
+from llmpost.losses.npo import npo_loss
+from llmpost.losses.simnpo import simnpo_loss
+from llmpost.models import check_kernel_options, pad_token_id
+from llmpost.ops import masked_mean, sequence_logps, shift_labels, token_logps
+from llmpost.trainers.metrics import NonFiniteLossError, check_finite_loss, flush_metrics  # noqa: F401 (re-exported)
+from llmpost.trainers.reference import Reference, ReferenceMixin
+from llmpost.utils import StrEnum, parse_enum
+
+
+class UnlearnMethod(StrEnum):
+    GRAD_ASCENT = "grad_ascent"
+    GRAD_DIFF = "grad_diff"
+    NPO = "npo"
+    NPO_RT = "npo_rt"
+    SIMNPO = "simnpo"
+    FLAT = "flat"
+    IDK_DPO = "idk_dpo"
+
+
+class FlatReduction(StrEnum):
+    EXAMPLE = "example"
+    BATCH = "batch"
+
+
+class RetainLoss(StrEnum):
+    NLL = "nll"
+    KL = "kl"
+
+
+_HAS_RETAIN = {UnlearnMethod.GRAD_DIFF, UnlearnMethod.NPO_RT, UnlearnMethod.SIMNPO, UnlearnMethod.IDK_DPO}
+_NEEDS_REF_LOGPS = {UnlearnMethod.NPO, UnlearnMethod.NPO_RT, UnlearnMethod.IDK_DPO}
+NEEDS_TEMPLATES = {UnlearnMethod.FLAT, UnlearnMethod.IDK_DPO}
+
+
+def uses_retain(args) -> bool:
+    """Whether the configured method trains on retain rows (the recipes then pair them with the forget rows)."""
+    return args.method in _HAS_RETAIN and args.alpha > 0
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Training arguments for the unlearning methods. Defaults are NPO's TOFU setup (arXiv 2404.05868, Sec. 5)."""
+
+    method: UnlearnMethod = field(default=UnlearnMethod.NPO, metadata={"help": f"One of {[m.value for m in UnlearnMethod]}."})
+    beta: float = field(default=0.1, metadata={"help": "NPO / IdkDPO inverse temperature (NPO paper, TOFU: 0.1; TOFU IdkDPO: 0.1)."})
+    gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term (open-unlearning default 1.0)."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term for grad_diff/npo_rt/simnpo/idk_dpo (1.0)."})
+    retain_loss: RetainLoss = field(default=RetainLoss.NLL, metadata={"help": "Retain term: 'nll' or 'kl' (to the reference)."})
+    simnpo_beta: float = field(default=1.0, metadata={"help": "SimNPO beta (open-unlearning SimNPO default 1.0)."})
+    simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
+    flat_divergence: FDivergence = field(default=FDivergence.KL, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (KL: the variant later papers compare against)."})
+    flat_reduction: FlatReduction = field(default=FlatReduction.EXAMPLE, metadata={"help": "FLAT: 'example' (per-example, batch-split invariant) or 'batch' (the authors' batch-mean probabilities)."})
+    reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed | peft_base | model."})
+    ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model)."})
+    precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens per question+answer (longer rows are truncated)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
+    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits) where possible."})
+    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens: the sequences of a batch laid end to end with restarting position_ids (exact; fastest with a flash-attention implementation, see llmpost.ops.pack_padded)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: items are nested forget/retain dicts."})
+
+    def __post_init__(self):
+        for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("reference", Reference),
+                           ("flat_divergence", FDivergence), ("flat_reduction", FlatReduction)):
+            setattr(self, name, parse_enum(name, getattr(self, name), enum))
+        for name in ("beta", "simnpo_beta"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length: must be > 0, got {self.max_length}")
+        for name in ("gamma", "alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.reference == Reference.PRECOMPUTED and self.retain_loss == RetainLoss.KL and self.method in _HAS_RETAIN:
+            raise ValueError("reference: 'precomputed' cannot serve retain_loss 'kl' (it needs reference logits); use 'model' or 'peft_base'")
+        self.remove_unused_columns = False
+        super().__post_init__()
+        check_kernel_options(self)
+
+
+class UnlearnTrainer(ReferenceMixin, Trainer):
+    """Unlearning trainer. ``train_dataset`` is a :class:`llmpost.data.unlearn.ForgetRetainDataset` of tokenised rows
+    (``input_ids``, ``labels``, ``attention_mask``, ``index``)."""
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+
+    def __init__(self, model, args: UnlearnConfig, train_dataset, processing_class, ref_model=None, peft_config=None, **kwargs):
+        if args.fused_lm_head:
+            add_fused_lm_head(model)  # must precede PEFT wrapping
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        pad_id = pad_token_id(processing_class)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                         data_collator=ForgetRetainCollator(pad_id), **kwargs)
+        self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
+        self.add_callback(EpochCallback())  # the forget/retain pairing depends on the epoch, also after a resume
+        self._metrics = defaultdict(list)
+        self.reference = self._resolve_reference(args, ref_model is not None)
+        self.ref_model = None
+        if self.reference == Reference.MODEL:
+            self.ref_model = self._prepare_ref_model(ref_model, args)
+        if args.method in NEEDS_TEMPLATES and getattr(train_dataset, "templates", None) is None:
+            raise ValueError(f"method {args.method.value!r} needs template answers (ForgetRetainDataset(templates=...)), "
+                             "e.g. TOFU's idontknow.jsonl: set template_answers_path")
+        self.ref_forget_logps = self.ref_template_logps = None
+        if self.reference == Reference.PRECOMPUTED:
+            self.ref_forget_logps = self.precompute_ref_logps(train_dataset.forget).to(self.accelerator.device)
+            if args.method == UnlearnMethod.IDK_DPO:
+                self.ref_template_logps = self._precompute_template_ref(train_dataset).to(self.accelerator.device)
+
+    # ----- reference -------------------------------------------------------------------------------------------------
+    def _resolve_reference(self, args: UnlearnConfig, have_ref_model: bool) -> Reference | None:
+        needs_logits = args.method in _HAS_RETAIN and args.retain_loss == RetainLoss.KL
+        needs_logps = args.method in _NEEDS_REF_LOGPS
+        if not (needs_logits or needs_logps):
+            return None
+        return self.choose_reference(args.reference, have_ref_model, needs_logits)
+
+    def planned_epochs(self, num_rows: int) -> int:
+        """How many epochs (started ones included) training will run: at least the trainer's own count."""
+        args = self.args
+        if args.max_steps > 0:  # an epoch has at least this many optimizer steps; fewer steps per epoch -> more epochs
+            rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+            return math.ceil(args.max_steps / max(num_rows // rows_per_step, 1))
+        return math.ceil(args.num_train_epochs)
+
+    def _precompute_template_ref(self, dataset) -> torch.Tensor:
+        """IdkDPO: reference log-probs of the template answer drawn for each forget row in each planned epoch, as an
+        ``(N, num_templates)`` table (NaN where no epoch draws that pair). The draws are pure functions of (seed,
+        epoch, row), so they are known before training; at most ``epochs x N`` short sequences."""
+        n, t = len(dataset), len(dataset.templates)
+        pairs = sorted({(i, dataset.template_index(i, e)) for e in range(self.planned_epochs(n)) for i in range(n)})
+        keys = ("input_ids", "labels", "attention_mask")
+        examples = [{**{k: dataset.templates.encode(i, j)[k] for k in keys}, "index": i * t + j} for i, j in pairs]
+        return self.precompute_ref_logps(examples, size=n * t).view(n, t)
+
+    # ----- loss ------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: UnlearnConfig = self.args
+        method = args.method
+        has_retain = method in _HAS_RETAIN and "retain_input_ids" in inputs and args.alpha > 0
+        retain_kl = has_retain and args.retain_loss == RetainLoss.KL
+        # One forward over forget, template and (NLL) retain rows together: one larger matmul instead of several.
+        parts = ["forget"] + (["template"] if method in NEEDS_TEMPLATES else []) + (["retain"] if has_retain and not retain_kl else [])
+        rows = {p: (inputs[f"{p}_input_ids"], inputs[f"{p}_attention_mask"], inputs[f"{p}_labels"]) for p in parts}
+        ids, att, lab = _concat_padded(list(rows.values()), self.pad_id) if len(parts) > 1 else rows["forget"]
+        logps, mask = token_logps(model, ids, att, lab, fused=self.fused, padding_free=self.padding_free)
+        split, start = {}, 0
+        for p, (p_ids, _, p_lab) in rows.items():
+            n, width = p_ids.shape[0], p_lab.shape[1] - 1
+            split[p] = (logps[start : start + n, :width], mask[start : start + n, :width])
+            start += n
+        f_logps, f_mask = split["forget"]
+        seq = sequence_logps(f_logps, f_mask)
+        metrics = {"forget_logps": seq.detach(), "forget_nll": nll_loss(f_logps, f_mask).detach()}
+
+        if method in (UnlearnMethod.GRAD_ASCENT, UnlearnMethod.GRAD_DIFF):
+            forget = gradient_ascent_loss(f_logps, f_mask)
+        elif method in (UnlearnMethod.NPO, UnlearnMethod.NPO_RT):
+            ref = self._ref_logps(inputs, "forget")
+            forget = npo_loss(seq, ref, args.beta)
+            metrics["ref_logps"], metrics["log_ratio"] = ref, (seq - ref).detach()
+        elif method == UnlearnMethod.SIMNPO:
+            forget = simnpo_loss(seq, f_mask.sum(-1), args.simnpo_beta, args.simnpo_delta)
+        elif method == UnlearnMethod.FLAT:
+            (t_logps, t_mask) = split["template"]
+            t_probs, f_probs = t_logps.exp(), f_logps.exp()
+            p_template, p_forget = masked_mean(t_probs, t_mask), masked_mean(f_probs, f_mask)
+            if args.flat_reduction == FlatReduction.BATCH:
+                forget = flat_batch_loss(t_probs, t_mask, f_probs, f_mask, args.flat_divergence).reshape(1)
+            else:
+                forget = flat_loss(p_template, p_forget, args.flat_divergence)
+            metrics["template_prob"], metrics["forget_prob"] = p_template.detach(), p_forget.detach()
+        elif method == UnlearnMethod.IDK_DPO:
+            chosen = sequence_logps(*split["template"])
+            ref_chosen, ref_rejected = self._ref_logps(inputs, "template"), self._ref_logps(inputs, "forget")
+            forget = dpo_loss(chosen, seq, ref_chosen, ref_rejected, args.beta)
+            metrics["template_logps"] = chosen.detach()
+            metrics["reward_margin"] = (args.beta * ((chosen - ref_chosen) - (seq - ref_rejected))).detach()
+        else:  # pragma: no cover - the enum is closed
+            raise ValueError(f"unknown unlearning method {method!r}")
+        loss = args.gamma * forget.mean()
+        metrics["forget_loss"] = forget.detach()
+
+        if has_retain:
+            if retain_kl:
+                retain = self._retain_kl(model, inputs)
+            else:
+                retain = nll_loss(*split["retain"])
+            loss = loss + args.alpha * retain.mean()
+            metrics["retain_loss"] = retain.detach()
+        check_finite_loss(self, loss)
+        if self.args.logging_strategy != "no":
+            for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
+                self._metrics[key].append(value.float().mean())
+        return loss
+
+    def _ref_logps(self, inputs, part: str) -> torch.Tensor:
+        """Reference log-probs of the ``forget`` or ``template`` answers of a batch: precomputed, or one forward."""
+        if part == "forget" and self.ref_forget_logps is not None:
+            return self.ref_forget_logps[inputs["forget_index"]]
+        if part == "template" and self.ref_template_logps is not None:
+            ref = self.ref_template_logps[inputs["template_index"], inputs["template_template_id"]]
+            if torch.isnan(ref).any():
+                raise RuntimeError("no precomputed reference for a template answer: training ran past the epochs planned "
+                                   f"({self.planned_epochs(len(self.train_dataset))}); use reference: model or peft_base")
+            return ref
+        return self.reference_sequence_logps(inputs[f"{part}_input_ids"], inputs[f"{part}_attention_mask"],
+                                             inputs[f"{part}_labels"])
+
+    def _retain_kl(self, model, inputs) -> torch.Tensor:
+        kw = {"input_ids": inputs["retain_input_ids"], "attention_mask": inputs["retain_attention_mask"], "use_cache": False}
+        _, mask = shift_labels(inputs["retain_labels"])
+        logits = model(**kw).logits[:, :-1]
+        with torch.no_grad(), self._reference_ctx() as ref:
+            ref_logits = ref(**kw).logits[:, :-1]
+        return retain_kl_loss(logits, ref_logits, mask)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        flush_metrics(self.accelerator, self._metrics, logs)
+        super().log(logs, start_time)
+
+
+
+def _concat_padded(parts, pad_id):
+    """Right-pad several ``(ids, attention, labels)`` triples to one length and concatenate them along the batch."""
+    length = max(p[0].shape[1] for p in parts)
+    out = []
+    for values, fill in zip(zip(*parts), (pad_id, 0, -100)):
+        out.append(torch.cat([torch.nn.functional.pad(v, (0, length - v.shape[1]), value=fill) for v in values]))
+    return out
