@@ -157,9 +157,10 @@ def test_dpo_hand_values_and_label_smoothing():
 
     # h = (-5 - -6) - (-9 - -7) = 3; beta 0.1: -log sigmoid(0.3) = log(1 + e^-0.3) = 0.5543552444
     args = [torch.tensor([-5.0]), torch.tensor([-9.0]), torch.tensor([-6.0]), torch.tensor([-7.0])]
-    assert dpo_loss(*args, beta=0.1).item() == pytest.approx(0.5543552444, abs=1e-7)
+    # in float64 (the inputs are exact integers): float32's ulp at 0.55 is 6e-8, too coarse for 10 written decimals
+    assert dpo_loss(*[a.double() for a in args], beta=0.1).item() == pytest.approx(0.5543552444, abs=1e-10)
     # eps 0.1: 0.9 * 0.5543552444 + 0.1 * log(1 + e^0.3) = 0.4989197200 + 0.0854355244 = 0.5843552444
-    assert dpo_loss(*args, beta=0.1, label_smoothing=0.1).item() == pytest.approx(0.5843552444, abs=1e-7)
+    assert dpo_loss(*[a.double() for a in args], beta=0.1, label_smoothing=0.1).item() == pytest.approx(0.5843552444, abs=1e-10)
     with pytest.raises(ValueError, match="beta must be > 0"):
         dpo_loss(*args, beta=0.0)
 
