@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install llmpost with its test dependencies. Idempotent; safe to run again.
-# Without an NVIDIA GPU it installs the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build).
+# Versions come from constraints.txt (the ones the suite was last run with; pyproject.toml keeps loose ranges).
+# Without an NVIDIA GPU it installs the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build);
+# with nvidia-smi the torch pin is left out, so a CUDA build of torch is kept or installed instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,16 +13,27 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # This machine's pip config lists local indexes, some empty; drop pip's per-package notices about them.
 quiet_pip() { pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+CONSTRAINTS=constraints.txt
+if command -v nvidia-smi >/dev/null 2>&1; then
+  GPU=1
+  CONSTRAINTS=$(mktemp)
+  trap 'rm -f "$CONSTRAINTS"' EXIT
+  grep -v '^torch==' constraints.txt > "$CONSTRAINTS"   # every pin but the CPU torch wheel's
+else
+  GPU=0
+fi
 if ! python -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    quiet_pip install -q "torch>=2.4"
+  if [ "$GPU" = 1 ]; then
+    quiet_pip install -q -c "$CONSTRAINTS" "torch>=2.4"
   else
-    quiet_pip install -q "torch==2.13.0"   # CPU wheel on these machines; see DESIGN.md
+    quiet_pip install -q -c "$CONSTRAINTS" torch   # the version, the CPU wheel on these machines, is constraints.txt's (see ../shared/DESIGN.md)
   fi
 fi
-# Editable install with the [dev] extra (pytest, deepspeed for the distributed tests).
-if ! python -c "import llmpost, trl, deepspeed, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.llmpost-installed ]; then
-  quiet_pip install -q -e ".[dev]"
+# Editable install with the [dev] extra (pytest, deepspeed for the distributed tests); again when pyproject.toml or
+# constraints.txt changed since the last install (pip then moves installed packages to the pinned versions).
+if ! python -c "import llmpost, trl, deepspeed, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.llmpost-installed ] \
+    || [ constraints.txt -nt .venv/.llmpost-installed ]; then
+  quiet_pip install -q -c "$CONSTRAINTS" -e ".[dev]"
   python -c "import llmpost, trl, deepspeed, pytest"
   touch .venv/.llmpost-installed
 fi
