@@ -1,5 +1,5 @@
-"""Steps the recipes share: tokenised splits (TOFU, MUSE), template answers, saving, and evaluating the saved model
-(on every process) with a benchmark's evaluation callable."""
+"""The end of every recipe: save the model and its log history, then evaluate the saved model on every process with a
+benchmark's :data:`~llmpost.eval.Evaluator` (each benchmark's factory is in ``llmpost.benchmarks.<name>.recipe``)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,7 @@ import torch
 from llmpost.eval import Evaluator
 from llmpost.utils import atomic_write_json
 
-# ----------------------------------------------------------------------------------------------------------------------
-# MUSE
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Saving and evaluating
-
-
 LOG_HISTORY_FILE = "log_history.json"
-
-"""``evaluate(model, tokenizer, training_args, eval_dir) -> summary``: a benchmark's evaluation of a saved model, run
-on every process (items sharded), writing its result files into ``eval_dir`` on the main process."""
 
 
 def evaluate_saved(trainer, evaluate: Evaluator, eval_dir: str) -> dict | None:

@@ -1,20 +1,12 @@
-"""Compare evaluations: TOFU (a before/after table and a forget-quality vs model-utility plot), MUSE (a table) and
-MATH (a pass@k table and pass@k-vs-k curves).
-
-Each run is a directory holding ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (ours or open-unlearning's). When a
-run has no forget_quality (it was evaluated without a retain log, e.g. the retain model itself) and a retain log is
-given, forget_quality is computed here from the two logs' per-example forget truth ratios, with the same KS test.
-"""
+"""Training curves across runs (``log_history.json``): one curve per logged key, the mean and standard error across
+seeds, and a row of line plots. The benchmark reports live in ``llmpost.benchmarks.<name>.report``."""
 
 from __future__ import annotations
 
 import os
 
-from llmpost.eval.plots import _save_figure
+from llmpost.eval.plots import save_figure
 from llmpost.eval.stats import mean_stderr
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Training curves and comparison runs
 
 
 def curve(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -67,6 +59,6 @@ def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 

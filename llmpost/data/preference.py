@@ -3,15 +3,15 @@
 * :func:`load_preference_dataset` reads a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a hub id through
   ``datasets.load_dataset`` (only when a hub id is given), and checks every row with
   :func:`validate_preference_rows`.
-* :func:`tofu_preference_pairs` builds pairs from a TOFU ``*_perturbed.jsonl`` split (columns ``question``,
-  ``answer``, ``paraphrased_answer``, ``perturbed_answer``: a list of 5 wrong answers, 3 for ``real_authors`` and
-  ``world_facts``): the question is the prompt, the true answer is chosen, a perturbed answer is rejected.
-  :func:`tofu_sft_rows` gives the ``prompt`` / ``completion`` rows of any TOFU split for SFT.
-* :func:`train_heldout_split` holds out a fraction of the *prompts*, so that no question lands in both splits.
+* :func:`train_heldout_split` holds out a fraction of the *prompts*, so that no question lands in both splits;
+  :func:`sft_rows_from_pairs` gives one SFT row (the chosen answer) per prompt; :func:`format_for_trl` applies the
+  templates for TRL's ``DPOTrainer``.
 
+Pairs built from TOFU's perturbed answers and the recipes' data arguments are in
+:mod:`llmpost.benchmarks.preference.data`; the prompt templates and their tokenisation in :mod:`llmpost.data.templates`.
 Prompts are the raw questions: chat or "Question: ... Answer:" templates are applied when tokenising. Random choices
 are pure functions of ``(seed, text)`` (SHA-256), so they do not depend on row order, on the process, or on which other
-rows a file holds (a question shared by forget01 and forget10 gets the same rejected answer in both).
+rows a file holds.
 """
 
 from __future__ import annotations
@@ -27,19 +27,20 @@ from llmpost.data.files import load_jsonl, read_json
 from llmpost.data.templates import PreferenceTemplates
 from llmpost.utils import DataError
 
-__all__ = ["PREFERENCE_COLUMNS", "sft_rows_from_pairs", "PreferenceTemplates", "format_for_trl", "load_preference_dataset", "train_heldout_split", "validate_preference_rows"]
+__all__ = ["PREFERENCE_COLUMNS", "check_text", "format_for_trl", "load_preference_dataset", "sft_rows_from_pairs", "stable_hash",
+           "train_heldout_split", "validate_preference_rows"]
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
-def _stable_hash(seed: int, text: str) -> int:
+def stable_hash(seed: int, text: str) -> int:
     """A 64-bit integer from ``(seed, text)``, the same on every platform and in every process."""
     digest = hashlib.sha256(f"{int(seed)}\0{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
-def _check_text(value, column: str, where: str) -> str:
+def check_text(value, column: str, where: str) -> str:
     if value is None:
         raise DataError(f"{where}: column {column!r} is missing or null")
     if not isinstance(value, str):
@@ -69,7 +70,7 @@ def validate_preference_rows(rows: datasets.Dataset | Iterable[Mapping], source:
         missing = [c for c in PREFERENCE_COLUMNS if c not in row]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing} (has {sorted(row)})")
-        _, chosen, rejected = (_check_text(row[c], c, where) for c in PREFERENCE_COLUMNS)
+        _, chosen, rejected = (check_text(row[c], c, where) for c in PREFERENCE_COLUMNS)
         if chosen.strip() == rejected.strip():
             raise DataError(f"{where}: chosen and rejected are the same text: {chosen.strip()[:60]!r}")
     if count == 0:
@@ -136,7 +137,7 @@ def train_heldout_split(
     if group_column not in dataset.column_names:
         raise DataError(f"column {group_column!r} not in dataset columns {dataset.column_names}")
     values = dataset[group_column]
-    groups = sorted(set(values), key=lambda v: (_stable_hash(seed, str(v)), str(v)))
+    groups = sorted(set(values), key=lambda v: (stable_hash(seed, str(v)), str(v)))
     k = round(heldout_fraction * len(groups))
     if heldout_fraction > 0:
         k = max(k, 1)

@@ -41,9 +41,9 @@ def _ids(enc):
 def encode_prompt(tokenizer, template: TemplateArgs, question: str, max_length: int) -> list[int]:
     """Token ids of the prompt a generation starts from (ends with the assistant start tag)."""
     if template.apply_chat_template:
-        chat = _chat(template, question, None)
+        chat = chat_messages(template, question, None)
         return _ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, **_date(template)))
-    return tokenizer(_wrap(template, question), add_special_tokens=True, max_length=max_length, truncation=True)[
+    return tokenizer(wrap_question(template, question), add_special_tokens=True, max_length=max_length, truncation=True)[
         "input_ids"
     ]
 
@@ -51,11 +51,11 @@ def encode_prompt(tokenizer, template: TemplateArgs, question: str, max_length: 
 def encode_qa(tokenizer, template: TemplateArgs, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
     """``input_ids``, ``labels`` (``-100`` over the prompt) and ``attention_mask`` for one question/answer pair."""
     if template.apply_chat_template:
-        chat = _chat(template, question, answer)
+        chat = chat_messages(template, question, answer)
         full = _ids(tokenizer.apply_chat_template(chat, tokenize=True, add_generation_prompt=False, **_date(template)))
     else:
         full = tokenizer(
-            _wrap(template, question) + answer, add_special_tokens=True, max_length=max_length, truncation=True
+            wrap_question(template, question) + answer, add_special_tokens=True, max_length=max_length, truncation=True
         )["input_ids"]
     prompt = encode_prompt(tokenizer, template, question, max_length)
     full = list(full)
@@ -68,11 +68,13 @@ def encode_qa(tokenizer, template: TemplateArgs, question: str, answer: str, max
     return {"input_ids": full, "labels": labels[: len(full)], "attention_mask": [1] * len(full)}
 
 
-def _wrap(t: TemplateArgs, question: str) -> str:
+def wrap_question(t: TemplateArgs, question: str) -> str:
+    """The base-model prompt of ``question``: user tags around it, then the assistant's start tag."""
     return t.user_start_tag + question + t.user_end_tag + t.asst_start_tag
 
 
-def _chat(t: TemplateArgs, question: str, answer: str | None) -> list[dict]:
+def chat_messages(t: TemplateArgs, question: str, answer: str | None) -> list[dict]:
+    """The chat-template messages of ``question`` (and ``answer`` when given), after the optional system prompt."""
     chat = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
     chat.append({"role": "user", "content": question})
     if answer is not None:

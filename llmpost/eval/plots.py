@@ -30,10 +30,10 @@ def scatter_panels(runs: dict[str, dict], panels, path: str | os.PathLike) -> No
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
-def _save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)

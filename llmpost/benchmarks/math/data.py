@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from llmpost.data.files import load_jsonl
-from llmpost.data.templates import TemplateArgs, _chat, _wrap, encode_prompt, encode_qa
+from llmpost.data.templates import TemplateArgs, chat_messages, wrap_question, encode_prompt, encode_qa
 from llmpost.utils import DataError, StrEnum, parse_enum
 
 MATH_COLUMNS = ("problem", "solution", "answer", "subject", "level", "unique_id")
@@ -191,7 +191,7 @@ def grpo_prompts(ds: datasets.Dataset, template: TemplateArgs) -> datasets.Datas
     TRL applies the chat template itself) and the gold ``answer`` (a string; reward functions get it as a kwarg)."""
 
     def fn(row):
-        prompt = _chat(template, row["problem"], None) if template.apply_chat_template else _wrap(template, row["problem"])
+        prompt = chat_messages(template, row["problem"], None) if template.apply_chat_template else wrap_question(template, row["problem"])
         return {"prompt": prompt, "answer": str(row["answer"])}
 
     return ds.map(fn, remove_columns=ds.column_names, desc="Prompts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from llmpost.eval.plots import _save_figure
+from llmpost.eval.plots import save_figure
 from llmpost.eval.stats import load_summary, markdown_table
 
 
@@ -28,7 +28,7 @@ def plot_passk(runs: dict[str, dict], path: str | os.PathLike, key: str = "pass@
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def math_report(runs: dict[str, str], plot_path: str | None = None) -> str:

@@ -11,9 +11,9 @@ import datasets
 from llmpost.data.files import iter_jsonl
 from llmpost.data.preference import (
     PREFERENCE_COLUMNS,
-    _check_text,
-    _stable_hash,
+    check_text,
     load_preference_dataset,
+    stable_hash,
     train_heldout_split,
     validate_preference_rows,
 )
@@ -32,7 +32,7 @@ def _tofu_rows(path: str | Path, keys: tuple[str, ...]):
     """``(line, row)`` of a TOFU JSON-lines file, each row checked to hold the string columns ``keys``."""
     for lineno, row in iter_jsonl(path):
         for key in keys:
-            _check_text(row.get(key), key, f"{path}: line {lineno}")
+            check_text(row.get(key), key, f"{path}: line {lineno}")
         yield lineno, row
 
 
@@ -59,12 +59,12 @@ def tofu_preference_pairs(
         if not isinstance(perturbed, list) or not perturbed:
             raise DataError(f"{where}: column {perturbed_key!r} must be a non-empty list of answers")
         question, chosen = row[question_key], row[chosen_key]
-        candidates = [_check_text(p, f"{perturbed_key}[{j}]", where) for j, p in enumerate(perturbed)]
+        candidates = [check_text(p, f"{perturbed_key}[{j}]", where) for j, p in enumerate(perturbed)]
         candidates = [p for p in candidates if p.strip() != chosen.strip()]
         if not candidates:
             raise DataError(f"{where}: every perturbed answer equals the chosen answer")
         if mode is PerturbedPairing.ONE:
-            candidates = [candidates[_stable_hash(seed, question) % len(candidates)]]
+            candidates = [candidates[stable_hash(seed, question) % len(candidates)]]
         for rejected in candidates:
             out["prompt"].append(question)
             out["chosen"].append(chosen)
