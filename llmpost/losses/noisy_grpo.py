@@ -36,8 +36,8 @@ import torch
 
 from llmpost.utils import StrEnum, check_rate
 
-__all__ = ["AdvantageNorm", "Correction", "NoiseRates", "advantages", "backward_corrected_reward",
-           "check_rate", "corrected_scores", "forward_correction_weight",]
+__all__ = ["AdvantageNorm", "Correction", "NoiseRates", "advantages", "backward_corrected_reward", "corrected_scores",
+           "forward_correction_weight"]
 
 
 @dataclass(frozen=True)
