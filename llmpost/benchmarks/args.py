@@ -26,7 +26,7 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def unescape(text: str) -> str:
+def unescape_text(text: str) -> str:
     r"""Interpret ``\n``, ``\t`` and ``\\`` (shells pass them literally); other characters are kept as they are."""
     out, i = [], 0
     while i < len(text):
@@ -54,9 +54,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, required: tuple[str
         if tp is bool:
             kwargs |= {"type": parse_bool, "nargs": "?", "const": True, "metavar": "{true,false}"}
         elif typing.get_origin(tp) is list:
-            kwargs |= {"type": unescape if f.name in unescape else str, "nargs": "*"}
+            kwargs |= {"type": unescape_text if f.name in unescape else str, "nargs": "*"}
         else:
-            kwargs["type"] = unescape if f.name in unescape else tp
+            kwargs["type"] = unescape_text if f.name in unescape else tp
         if f.name in required:
             kwargs["required"] = True
         else:
