@@ -24,6 +24,7 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from llmpost.benchmarks.math.data import MathArguments, grpo_prompts
+from llmpost.benchmarks.math.evaluate import MathEvalSettings
 from llmpost.benchmarks.math.recipe import HeldOutMathCallback, math_evaluator
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.losses.noisy_grpo import NoiseRates
@@ -113,11 +114,11 @@ def build(argv=None, trainer_cls=None):
         peft_config=get_peft_config(model_args), appeal_verifier=make_verifier(reward_args.appeal_verifier),
     )
     if curve_args.heldout_eval_steps:
-        trainer.add_callback(HeldOutMathCallback(
-            trainer, data_args.problems("test"), data_args, every=curve_args.heldout_eval_steps,
-            num_samples=curve_args.heldout_num_samples, temperature=data_args.eval_temperature,
-            max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
-            batch_size=args.per_device_eval_batch_size))  # fmt: skip
+        settings = MathEvalSettings(num_samples=curve_args.heldout_num_samples, temperature=data_args.eval_temperature,
+                                    max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
+                                    batch_size=args.per_device_eval_batch_size)  # fmt: skip
+        trainer.add_callback(HeldOutMathCallback(trainer, data_args.problems("test"), data_args,
+                                                 every=curve_args.heldout_eval_steps, settings=settings))  # fmt: skip
     return trainer, evaluate
 
 

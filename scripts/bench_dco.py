@@ -272,7 +272,7 @@ def run_sampling(args) -> dict:
 def _sample_one(args, spec: str) -> dict:
     import torch
 
-    from llmpost.generation import generate_samples
+    from llmpost.generation import SampleSettings, Sampling, generate_samples
 
     margs = argparse.Namespace(**{**vars(args), "model": spec, "seq_len": args.sample_prompt_len + args.max_new_tokens})
     model = build_model(margs).eval()
@@ -290,9 +290,9 @@ def _sample_one(args, spec: str) -> dict:
         if args.gpu:
             torch.cuda.synchronize()
         w0, c0 = time.perf_counter(), time.process_time()
-        _, count = generate_samples(model, tokenizer, prompts, n=args.sample_n, temperature=1.0,
-                                    max_new_tokens=max_new_tokens, seed=0, batch_size=args.sample_batch_size,
-                                    impl=impl, return_token_counts=True)
+        settings = SampleSettings(n=args.sample_n, sampling=Sampling(temperature=1.0), max_new_tokens=max_new_tokens,
+                                  seed=0, batch_size=args.sample_batch_size, impl=impl)
+        _, count = generate_samples(model, tokenizer, prompts, settings, return_token_counts=True)
         if args.gpu:
             torch.cuda.synchronize()
         return count, time.perf_counter() - w0, time.process_time() - c0

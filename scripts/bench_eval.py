@@ -36,11 +36,11 @@ facts, plus the matching holdout):
   forward per text) applied to the same TOFU workload: one generate per question (200 new tokens, no padding), one
   forward per (question, answer) pair, plus the same extra extraction-strength and min-k passes as open-unlearning.
 
-MUSE-News (``--muse``): import-guarded. It runs only once ``llmpost.benchmarks.muse.evaluate.evaluate_muse(model, tokenizer, *,
-data_dir, batch_size, output_dir, max_examples=None, ...)`` exists, and then times it against a muse_bench emulation on
-the same files (``--muse_data_dir``): verbmem (one generate per prompt, 128 new tokens), knowmem forget and retain
-(few-shot prompt, one generate per question, 32 new tokens), privleak forget/retain/holdout (two forwards per text:
-the text and its lower-cased form). Without ``evaluate_muse`` the MUSE part is reported as skipped.
+MUSE-News (``--muse``): import-guarded. It runs only once ``llmpost.benchmarks.muse.evaluate.evaluate_muse(model,
+tokenizer, MuseEvalSettings(data_dir, batch_size, max_examples, ...), *, output_dir)`` exists, and then times it
+against a muse_bench emulation on the same files (``--muse_data_dir``): verbmem (one generate per prompt, 128 new
+tokens), knowmem forget and retain (few-shot prompt, one generate per question, 32 new tokens), privleak
+forget/retain/holdout (two forwards per text: the text and its lower-cased form). Without ``evaluate_muse`` the MUSE part is reported as skipped.
 
 Output: a table, then one JSON object as the last line: per-contestant times (seconds, one per repeat), medians,
 ``ratio`` (open-unlearning median / llmpost median: the speed-up), ``ratio_range`` (worst / best pairing of runs),
@@ -190,7 +190,7 @@ def run_open_unlearning(model, tok, data_dir, forget_split, holdout_split, max_e
                         max_new_tokens) -> dict:  # fmt: skip
     from rouge_score import rouge_scorer
 
-    from llmpost.benchmarks.tofu.evaluate import load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
     from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
     from llmpost.models import pad_token_id
 
@@ -256,7 +256,7 @@ def run_per_item(model, tok, data_dir, forget_split, holdout_split, max_examples
     """muse_bench-style loops on the TOFU workload: one generate / one forward per item, no padding."""
     from rouge_score import rouge_scorer
 
-    from llmpost.benchmarks.tofu.evaluate import load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
     from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
 
     tmpl = TemplateArgs()
@@ -361,7 +361,8 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from llmpost.benchmarks.tofu.evaluate import evaluate_tofu, load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.evaluate import TofuEvalSettings, evaluate_tofu
     from llmpost.generation import auto_generation_batch_size
 
     phases = _PhaseTimes()
@@ -378,6 +379,9 @@ def main(argv=None) -> dict:
     # What evaluate_tofu chooses (it logs the same number).
     gen_bs = args.generation_batch_size or auto_generation_batch_size(model, len(questions), longest,
                                                                      args.max_new_tokens, args.batch_size)  # fmt: skip
+    tofu_settings = TofuEvalSettings(data_dir=args.data_dir, forget_split=args.forget_split, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, max_examples=args.max_examples,
+                                     generation_batch_size=args.generation_batch_size)  # fmt: skip
     load_before = _loadavg()
     times: dict[str, list[float]] = {"llmpost": [], **{b: [] for b in baselines}}
     cpu: dict[str, list[float]] = {name: [] for name in times}  # process CPU seconds: less sensitive to other jobs
@@ -387,9 +391,7 @@ def main(argv=None) -> dict:
             t0, c0 = time.perf_counter(), time.process_time()
             if name == "llmpost":
                 with tempfile.TemporaryDirectory() as out:
-                    evaluate_tofu(model, tok, data_dir=args.data_dir, forget_split=args.forget_split,
-                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, output_dir=out,
-                                  max_examples=args.max_examples, generation_batch_size=args.generation_batch_size)  # fmt: skip
+                    evaluate_tofu(model, tok, tofu_settings, output_dir=out)
                 details[name] = {"batch_size": args.batch_size, "generation_batch_size": gen_bs, **phases.phases}
             elif name == "open_unlearning":
                 details[name] = run_open_unlearning(model, tok, args.data_dir, args.forget_split, holdout,
@@ -408,12 +410,15 @@ def main(argv=None) -> dict:
         if evaluate_muse is None:
             muse = {"status": "skipped: llmpost.benchmarks.muse.evaluate.evaluate_muse is not available"}
         else:
+            from llmpost.benchmarks.muse.evaluate import MuseEvalSettings
+
+            muse_settings = MuseEvalSettings(data_dir=args.muse_data_dir, batch_size=args.batch_size,
+                                             max_examples=args.max_examples)  # fmt: skip
             mt: dict[str, list[float]] = {"llmpost": [], "muse_bench": []}
             for _ in range(args.repeats):
                 with tempfile.TemporaryDirectory() as out:
                     t0 = time.perf_counter()
-                    evaluate_muse(model, tok, data_dir=args.muse_data_dir, batch_size=args.batch_size, output_dir=out,
-                                  max_examples=args.max_examples)  # fmt: skip
+                    evaluate_muse(model, tok, muse_settings, output_dir=out)
                     mt["llmpost"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 run_muse_bench(model, tok, Path(args.muse_data_dir), args.max_examples)

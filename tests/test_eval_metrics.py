@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from llmpost.eval import metrics as M
+from llmpost.eval import mia
 
 
 def test_avg_nll_and_probability_from_token_logps():
@@ -96,25 +97,25 @@ def test_model_utility_is_the_harmonic_mean_of_nine_values():
 
 
 def test_min_k_auc_and_privleak():
-    assert M.min_k_score([-1.0, -5.0, -3.0, -2.0, -4.0], k=0.4) == pytest.approx(4.5)  # two lowest: -5, -4
-    assert M.min_k_score([-1.0, -2.0], k=0.4) == pytest.approx(2.0)  # at least one token
-    assert M.min_k_score([], k=0.4) == 0.0
+    assert mia.min_k_score([-1.0, -5.0, -3.0, -2.0, -4.0], k=0.4) == pytest.approx(4.5)  # two lowest: -5, -4
+    assert mia.min_k_score([-1.0, -2.0], k=0.4) == pytest.approx(2.0)  # at least one token
+    assert mia.min_k_score([], k=0.4) == 0.0
     # holdout > forget in 3 of 4 pairs, one tie counts 1/2
-    assert M.auc([1.0, 2.0], [3.0, 2.0]) == pytest.approx(0.875)
-    assert M.auc([1.0, 1.0], [1.0, 1.0]) == pytest.approx(0.5)
-    entry = M.mia([1.0, 2.0], [3.0, 2.0])
+    assert mia.auc([1.0, 2.0], [3.0, 2.0]) == pytest.approx(0.875)
+    assert mia.auc([1.0, 1.0], [1.0, 1.0]) == pytest.approx(0.5)
+    entry = mia.mia([1.0, 2.0], [3.0, 2.0])
     assert entry["agg_value"] == entry["auc"] == pytest.approx(0.875)
     assert entry["forget"]["value_by_index"]["1"] == {"score": 2.0} and entry["holdout"]["agg_value"] == 2.5
-    assert M.privleak(0.875, 0.5)["agg_value"] == pytest.approx((0.125 - 0.5) / 0.5 * 100)  # -75
-    assert M.privleak(0.6, 0.6)["agg_value"] == pytest.approx(0.0)
+    assert mia.privleak(0.875, 0.5)["agg_value"] == pytest.approx((0.125 - 0.5) / 0.5 * 100)  # -75
+    assert mia.privleak(0.6, 0.6)["agg_value"] == pytest.approx(0.0)
 
 
 def test_extraction_strength():
-    assert M.extraction_strength_score([5, 6, 7, 8], [5, 6, 7, 8]) == 1.0
-    assert M.extraction_strength_score([0, 6, 7, 8], [5, 6, 7, 8]) == pytest.approx(0.75)
-    assert M.extraction_strength_score([5, 6, 0, 8], [5, 6, 7, 8]) == pytest.approx(0.25)
+    assert mia.extraction_strength_score([5, 6, 7, 8], [5, 6, 7, 8]) == 1.0
+    assert mia.extraction_strength_score([0, 6, 7, 8], [5, 6, 7, 8]) == pytest.approx(0.75)
+    assert mia.extraction_strength_score([5, 6, 0, 8], [5, 6, 7, 8]) == pytest.approx(0.25)
     # no matching suffix: open-unlearning's loop leaves k = n - 1 (1/n), the paper would give 0
-    assert M.extraction_strength_score([0, 0, 0, 0], [5, 6, 7, 8]) == pytest.approx(0.25)
-    assert M.extraction_strength_score([], []) == 0.0
-    res = M.extraction_strength([1.0, 0.5], indices=[3, 4])
+    assert mia.extraction_strength_score([0, 0, 0, 0], [5, 6, 7, 8]) == pytest.approx(0.25)
+    assert mia.extraction_strength_score([], []) == 0.0
+    res = mia.extraction_strength([1.0, 0.5], indices=[3, 4])
     assert res == {"agg_value": 0.75, "value_by_index": {"3": {"score": 1.0}, "4": {"score": 0.5}}}

@@ -25,12 +25,14 @@ from llmpost.benchmarks.muse.evaluate import (
     EVAL_FILE,
     SUMMARY_FILE,
     SUMMARY_KEYS,
+    MuseEvalSettings,
     evaluate_muse,
     privleak_entries,
     resolve_reference_auc,
 )
 from llmpost.cli import main as cli_main
 from llmpost.eval import metrics as M
+from llmpost.eval import mia
 from llmpost.utils import DataError, RetainLogError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +91,10 @@ def test_privleak_auc_by_hand():
 
 def test_min_k_floor_differs_between_protocols():
     lp = [-1.0, -2.0, -3.0, -4.0, -5.0]  # int(0.4 * 5) = 2 lowest: -5, -4
-    assert M.min_k_score(lp, 0.4, at_least_one=False) == pytest.approx(4.5)
-    assert M.min_k_score(lp, 0.4) == pytest.approx(4.5)
-    assert math.isnan(M.min_k_score([-1.0, -2.0], 0.4, at_least_one=False))  # MUSE: np.mean of nothing
-    assert M.min_k_score([-1.0, -2.0], 0.4) == pytest.approx(2.0)  # open-unlearning keeps at least one
+    assert mia.min_k_score(lp, 0.4, at_least_one=False) == pytest.approx(4.5)
+    assert mia.min_k_score(lp, 0.4) == pytest.approx(4.5)
+    assert math.isnan(mia.min_k_score([-1.0, -2.0], 0.4, at_least_one=False))  # MUSE: np.mean of nothing
+    assert mia.min_k_score([-1.0, -2.0], 0.4) == pytest.approx(2.0)  # open-unlearning keeps at least one
 
 
 def test_rouge_l_f1_without_stemmer():
@@ -184,8 +186,9 @@ def test_load_errors(tmp_path):
 def test_end_to_end_real_files(model_and_tokenizer, tmp_path):
     """Real MUSE-News files (2 rows per split; prompts of ~2,400 and texts of ~5,000 tokens, past the 512 context)."""
     model, tok = model_and_tokenizer
-    summary = evaluate_muse(model, tok, data_dir=DATA, max_examples=2, batch_size=1, output_dir=tmp_path,
-                            verbmem_max_new_tokens=8, knowmem_max_new_tokens=8)  # fmt: skip
+    settings = MuseEvalSettings(data_dir=DATA, max_examples=2, batch_size=1, verbmem_max_new_tokens=8,
+                                knowmem_max_new_tokens=8)  # fmt: skip
+    summary = evaluate_muse(model, tok, settings, output_dir=tmp_path)
     assert list(summary) == list(SUMMARY_KEYS)
     assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == summary
     logs = json.loads((tmp_path / EVAL_FILE).read_text())
@@ -204,7 +207,8 @@ def test_end_to_end_real_files(model_and_tokenizer, tmp_path):
 def test_batch_size_invariance(model_and_tokenizer, short_data, protocol):
     """The benchmark's generation lengths; batch 1 and batch 4 give identical per-item values and summaries."""
     model, tok = model_and_tokenizer
-    runs = [evaluate_muse(model, tok, data_dir=short_data, batch_size=bs, protocol=protocol) for bs in (1, 4)]
+    runs = [evaluate_muse(model, tok, MuseEvalSettings(data_dir=short_data, batch_size=bs, protocol=protocol))
+            for bs in (1, 4)]  # fmt: skip
     assert runs[0] == runs[1]
     assert all(v is not None and not math.isnan(v) for v in runs[0].values())
 

@@ -25,6 +25,7 @@ from scipy import stats
 from llmpost.benchmarks.tofu.evaluate import (
     EVAL_FILE,
     SUMMARY_FILE,
+    TofuEvalSettings,
     compute_tofu_metrics,
     evaluate_tofu,
     load_retain_logs,
@@ -72,8 +73,8 @@ def full_run(model_and_tokenizer, tmp_path_factory):
     """One evaluation with generation, written to disk."""
     model, tok = model_and_tokenizer
     out = tmp_path_factory.mktemp("tofu_full")
-    summary = evaluate_tofu(model, tok, data_dir=str(DATA), max_examples=N, batch_size=8, max_new_tokens=12,
-                            output_dir=out)  # fmt: skip
+    settings = TofuEvalSettings(data_dir=str(DATA), max_examples=N, batch_size=8, max_new_tokens=12)
+    summary = evaluate_tofu(model, tok, settings, output_dir=out)
     return out, summary
 
 
@@ -125,8 +126,8 @@ def test_files_and_key_names(full_run):
 def test_batch_size_invariance(model_and_tokenizer):
     model, tok = model_and_tokenizer
     kw = dict(data_dir=str(DATA), max_examples=N, compute_generation=False)
-    a = compute_tofu_metrics(model, tok, batch_size=1, **kw)
-    b = compute_tofu_metrics(model, tok, batch_size=8, **kw)
+    a = compute_tofu_metrics(model, tok, TofuEvalSettings(batch_size=1, **kw))
+    b = compute_tofu_metrics(model, tok, TofuEvalSettings(batch_size=8, **kw))
     assert set(a) == set(b) == EXPECTED_KEYS - NO_GENERATION
     assert a["model_utility"]["agg_value"] is None  # needs the ROUGE entries
     pa, pb = _probs(a), _probs(b)
@@ -138,8 +139,8 @@ def test_batch_size_invariance(model_and_tokenizer):
 def test_forget_quality_and_privleak_against_retain_logs(model_and_tokenizer, full_run, tmp_path):
     model, tok = model_and_tokenizer
     own_log = full_run[0] / EVAL_FILE
-    kw = dict(data_dir=str(DATA), max_examples=N, batch_size=8, compute_generation=False)
-    own = compute_tofu_metrics(model, tok, retain_logs_path=own_log, **kw)
+    settings = TofuEvalSettings(data_dir=str(DATA), max_examples=N, batch_size=8, compute_generation=False)
+    own = compute_tofu_metrics(model, tok, settings, retain_logs_path=own_log)
     assert own["forget_quality"]["agg_value"] == pytest.approx(1.0)  # identical truth-ratio samples
     assert own["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
 
@@ -147,7 +148,7 @@ def test_forget_quality_and_privleak_against_retain_logs(model_and_tokenizer, fu
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.3)
-    res = compute_tofu_metrics(other, tok, retain_logs_path=own_log, **kw)
+    res = compute_tofu_metrics(other, tok, settings, retain_logs_path=own_log)
     retain = json.loads(own_log.read_text())
     tr_retain = [v["score"] for v in retain["forget_truth_ratio"]["value_by_index"].values()]
     tr_model = [v["score"] for v in res["forget_truth_ratio"]["value_by_index"].values()]
@@ -184,10 +185,10 @@ def test_peft_model_and_training_mode_restored(model_and_tokenizer):
     model, tok = model_and_tokenizer
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     peft_model.train()
-    kw = dict(data_dir=str(DATA), max_examples=2, batch_size=4, compute_generation=False)
-    a = _probs(compute_tofu_metrics(peft_model, tok, **kw))
+    settings = TofuEvalSettings(data_dir=str(DATA), max_examples=2, batch_size=4, compute_generation=False)
+    a = _probs(compute_tofu_metrics(peft_model, tok, settings))
     assert peft_model.training  # mode restored
-    b = _probs(compute_tofu_metrics(model, tok, **kw))  # LoRA starts as the identity
+    b = _probs(compute_tofu_metrics(model, tok, settings))  # LoRA starts as the identity
     assert all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
 
 
@@ -294,14 +295,14 @@ DIST_SCRIPT = textwrap.dedent(
     import json, sys, torch
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from llmpost.benchmarks.tofu.evaluate import compute_tofu_metrics, evaluate_tofu
+    from llmpost.benchmarks.tofu.evaluate import TofuEvalSettings, evaluate_tofu
     model_path, data_dir, out = sys.argv[1:4]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    summary = evaluate_tofu(model, tok, data_dir=data_dir, max_examples=3, batch_size=2, max_new_tokens=6,
-                            output_dir=out)
+    settings = TofuEvalSettings(data_dir=data_dir, max_examples=3, batch_size=2, max_new_tokens=6)
+    summary = evaluate_tofu(model, tok, settings, output_dir=out)
     json.dump(summary, open(f"{out}/rank{dist.get_rank()}.json", "w"))
     dist.destroy_process_group()
     """
@@ -329,7 +330,8 @@ def test_two_processes_reproduce_one(model_and_tokenizer, tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    single = compute_tofu_metrics(model, tok, data_dir=str(DATA), max_examples=3, batch_size=2, max_new_tokens=6)
+    settings = TofuEvalSettings(data_dir=str(DATA), max_examples=3, batch_size=2, max_new_tokens=6)
+    single = compute_tofu_metrics(model, tok, settings)
     dist_logs = json.loads((out / EVAL_FILE).read_text())
     assert set(dist_logs) == set(single)
     ps, pd = _probs(single), _probs(dist_logs)

@@ -188,36 +188,37 @@ def test_lean_sampling_matches_generate_with_eos_finishing(model, tokenizer, pro
     for row in lean:
         end = row.index(period) + 1
         assert all(t == pad for t in row[end:])  # finished rows are padded, as generate() does
-    _, count = G.generate_samples(m, tokenizer, prompts, n=1, max_new_tokens=60, batch_size=5, seed=1,
-                                  temperature=0.9, top_k=20, top_p=0.95, return_token_counts=True)  # fmt: skip
+    settings = G.SampleSettings(n=1, sampling=s, max_new_tokens=60, batch_size=5, seed=1)
+    _, count = G.generate_samples(m, tokenizer, prompts, settings, return_token_counts=True)
     assert count == sum(r.index(period) + 1 for r in lean)
 
 
 def test_generate_samples_seeding_order_and_rng(model, tokenizer, prompts):
     kw = dict(n=3, max_new_tokens=20, batch_size=3)
     state = torch.get_rng_state()
-    a = G.generate_samples(model, tokenizer, prompts, seed=7, **kw)
+    a = G.generate_samples(model, tokenizer, prompts, G.SampleSettings(seed=7, **kw))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     torch.manual_seed(123)  # ... and does not matter
-    assert G.generate_samples(model, tokenizer, prompts, seed=7, **kw) == a
-    b = G.generate_samples(model, tokenizer, prompts, seed=8, **kw)
+    assert G.generate_samples(model, tokenizer, prompts, G.SampleSettings(seed=7, **kw)) == a
+    b = G.generate_samples(model, tokenizer, prompts, G.SampleSettings(seed=8, **kw))
     assert len(a) == len(prompts) and all(len(s) == 3 for s in a) and a != b
     assert all(len(set(s)) == 3 for s in a)  # a prompt's samples differ
     # batch_size == n: each batch is one prompt's n rows, longest prompt first, batch b seeded with seed + b.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for b_index, i in enumerate(order[:2]):
-        assert G.generate_samples(model, tokenizer, [prompts[i]], seed=7 + b_index, **kw) == [a[i]]
+        assert G.generate_samples(model, tokenizer, [prompts[i]], G.SampleSettings(seed=7 + b_index, **kw)) == [a[i]]
 
 
 def test_generate_samples_greedy_counts_stopwords_and_progress(model, tokenizer, prompts, monkeypatch):
     greedy = G.generate_greedy(model, tokenizer, prompts, max_new_tokens=15)
-    out, count = G.generate_samples(model, tokenizer, prompts, n=2, temperature=0, max_new_tokens=15,
-                                    return_token_counts=True)  # fmt: skip
+    greedy_settings = G.SampleSettings(n=2, sampling=G.Sampling(temperature=0), max_new_tokens=15)
+    out, count = G.generate_samples(model, tokenizer, prompts, greedy_settings, return_token_counts=True)
     assert out == [[g, g] for g in greedy] and count == 15 * len(prompts)  # greedy computed once per prompt
-    sampled, count = G.generate_samples(model, tokenizer, prompts, n=2, max_new_tokens=15, return_token_counts=True)
+    settings = G.SampleSettings(n=2, max_new_tokens=15)
+    sampled, count = G.generate_samples(model, tokenizer, prompts, settings, return_token_counts=True)
     assert count == 2 * 15 * len(prompts)  # the untuned model never emits EOS
     word = sampled[0][0].split()[1]
-    cut = G.generate_samples(model, tokenizer, prompts, n=2, max_new_tokens=15, stopwords=[word])
+    cut = G.generate_samples(model, tokenizer, prompts, G.SampleSettings(n=2, max_new_tokens=15, stopwords=[word]))
     assert cut[0][0] == sampled[0][0].split(word)[0].strip() and all(word not in t for s in cut for t in s)
     ticks = []
 
@@ -235,21 +236,25 @@ def test_generate_samples_greedy_counts_stopwords_and_progress(model, tokenizer,
             ticks.append(k)
 
     monkeypatch.setattr(G.transformers_backend, "_progress", Bar)
-    G.generate_samples(model, tokenizer, prompts, n=3, max_new_tokens=2, batch_size=4)
+    G.generate_samples(model, tokenizer, prompts, G.SampleSettings(n=3, max_new_tokens=2, batch_size=4))
     assert ticks == [(15, "sample"), 4, 4, 4, 3]  # one tick per batch of rows
 
 
 def test_generate_samples_validation_empty_and_missing_vllm(model, tokenizer, prompts):
     bad = dict(n=0, temperature=-0.1, top_p=0.0, top_k=-1, max_new_tokens=0, batch_size=0)
-    for name, value in {**bad, "top_p": 1.5}.items():
+    for name, value in [*bad.items(), ("top_p", 1.5)]:
+        if name in ("temperature", "top_p", "top_k"):
+            settings = G.SampleSettings(sampling=G.Sampling(**{name: value}))
+        else:
+            settings = G.SampleSettings(**{name: value})
         with pytest.raises(ValueError, match=f": {name} must be"):
-            G.generate_samples(model, tokenizer, prompts, **{name: value})
-    assert G.generate_samples(model, tokenizer, [], n=4) == []
+            G.generate_samples(model, tokenizer, prompts, settings)
+    assert G.generate_samples(model, tokenizer, [], G.SampleSettings(n=4)) == []
     assert G.generate_samples(model, tokenizer, [], return_token_counts=True) == ([], 0)
     with pytest.raises(ValueError):
-        G.generate_samples(model, tokenizer, prompts, backend="tgi")
+        G.generate_samples(model, tokenizer, prompts, G.SampleSettings(backend="tgi"))
     try:
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match=r"pip install llmpost\[vllm\]"):
-            G.generate_samples("some/model", tokenizer, prompts, n=2, backend="vllm")
+            G.generate_samples("some/model", tokenizer, prompts, G.SampleSettings(n=2, backend="vllm"))

@@ -1,7 +1,8 @@
-"""Judges and win rates (llmpost.benchmarks.preference.winrate): ROUGE-L F1 by hand; the pairwise LLM judge on the tiny real Llama
-(scores in [0, 1], exact swap symmetry from averaging both orders, batching against single unpadded forwards,
-template and label validation); a random-init one-label reward model (ties, wins against rewards computed directly);
-the percentile bootstrap; per-revision summaries on hand-made scores; build_judge's dispatch and errors."""
+"""Judges and win rates (llmpost.benchmarks.preference.judges, .model_judges, .winrate): ROUGE-L F1 by hand; the
+pairwise LLM judge on the tiny real Llama (scores in [0, 1], exact swap symmetry from averaging both orders, batching
+against single unpadded forwards, template and label validation); a random-init one-label reward model (ties, wins
+against rewards computed directly); the percentile bootstrap; per-revision summaries on hand-made scores; build_judge's
+dispatch and errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
+from llmpost.benchmarks.preference import judges as J
+from llmpost.benchmarks.preference import model_judges as MJ
 from llmpost.benchmarks.preference import winrate as W
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -24,7 +27,7 @@ REFERENCES = ["He went to the park.", "Lily found a little cat in the garden.", 
 
 # ----- ROUGE ---------------------------------------------------------------------------------------------------------
 def test_rouge_judge_by_hand():
-    judge = W.RougeJudge()
+    judge = J.RougeJudge()
     res = judge.judge(["q"] * 3, ["the cat sat on the mat", "alpha beta", "the cat sat"],
                       ["the cat sat on the mat", "gamma delta", "the cat ran away"])  # fmt: skip
     # "the cat sat" vs "the cat ran away": LCS 2, precision 2/3, recall 2/4, F1 = 2PR / (P + R) = 4/7
@@ -44,7 +47,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def pairwise(lm, tokenizer):
-    return W.PairwiseLLMJudge(lm, tokenizer, batch_size=4)
+    return MJ.PairwiseLLMJudge(lm, tokenizer, batch_size=4)
 
 
 def test_pairwise_scores_are_probabilities_and_swap_symmetric(pairwise):
@@ -66,9 +69,9 @@ def test_pairwise_batched_matches_single_forward(pairwise, lm, tokenizer):
     a, b = pairwise.label_ids
     assert a != b
     for i in range(len(PROMPTS)):
-        for text, p in ((W.DEFAULT_PAIRWISE_TEMPLATE.format(prompt=PROMPTS[i], a=CANDIDATES[i], b=REFERENCES[i]),
+        for text, p in ((MJ.DEFAULT_PAIRWISE_TEMPLATE.format(prompt=PROMPTS[i], a=CANDIDATES[i], b=REFERENCES[i]),
                          res.details["p_a_first"][i]),
-                        (W.DEFAULT_PAIRWISE_TEMPLATE.format(prompt=PROMPTS[i], a=REFERENCES[i], b=CANDIDATES[i]),
+                        (MJ.DEFAULT_PAIRWISE_TEMPLATE.format(prompt=PROMPTS[i], a=REFERENCES[i], b=CANDIDATES[i]),
                          res.details["p_a_second"][i])):  # fmt: skip
             ids = torch.tensor([tokenizer(text)["input_ids"]])
             with torch.no_grad():
@@ -79,18 +82,18 @@ def test_pairwise_batched_matches_single_forward(pairwise, lm, tokenizer):
 
 
 def test_pairwise_label_tokens(lm, tokenizer, caplog):
-    probe = W.DEFAULT_PAIRWISE_TEMPLATE.format(prompt="What is it?", a="It is one.", b="It is two.")
-    with caplog.at_level(logging.WARNING, logger="llmpost.benchmarks.preference.winrate"):
-        judge = W.PairwiseLLMJudge(lm, tokenizer)
+    probe = MJ.DEFAULT_PAIRWISE_TEMPLATE.format(prompt="What is it?", a="It is one.", b="It is two.")
+    with caplog.at_level(logging.WARNING, logger="llmpost.benchmarks.preference.model_judges"):
+        judge = MJ.PairwiseLLMJudge(lm, tokenizer)
     for label, token in zip(judge.labels, judge.label_ids):  # each label's first token right after the template
         base = tokenizer(probe)["input_ids"]
         assert tokenizer(probe + label)["input_ids"][len(base)] == token
     # stories260K's tiny vocabulary writes " A" as two tokens ("▁", "A"): only the first counts, and a warning says so
     assert "only its first token is scored" in caplog.text
     with pytest.raises(ValueError, match="start with the same token"):
-        W.PairwiseLLMJudge(lm, tokenizer, labels=(" A", " Ax"))
+        MJ.PairwiseLLMJudge(lm, tokenizer, labels=(" A", " Ax"))
     with pytest.raises(ValueError, match="two different"):
-        W.PairwiseLLMJudge(lm, tokenizer, labels=(" A", " A"))
+        MJ.PairwiseLLMJudge(lm, tokenizer, labels=(" A", " A"))
 
 
 @pytest.mark.parametrize(
@@ -103,12 +106,12 @@ def test_pairwise_label_tokens(lm, tokenizer, caplog):
 )  # fmt: skip
 def test_pairwise_template_validation(lm, tokenizer, template, match):
     with pytest.raises(ValueError, match=match):
-        W.PairwiseLLMJudge(lm, tokenizer, template=template)
+        MJ.PairwiseLLMJudge(lm, tokenizer, template=template)
 
 
 def test_pairwise_needs_a_tokenizer_with_a_model_object(lm):
     with pytest.raises(ValueError, match="tokenizer"):
-        W.PairwiseLLMJudge(lm)
+        MJ.PairwiseLLMJudge(lm)
 
 
 # ----- reward model --------------------------------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def reward_model_dir(tmp_path_factory, tokenizer):
 def test_reward_model_judge(reward_model_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    judge = W.RewardModelJudge(str(reward_model_dir), batch_size=2, template="Question: {prompt}\nAnswer: {completion}")
+    judge = MJ.RewardModelJudge(str(reward_model_dir), batch_size=2, template="Question: {prompt}\nAnswer: {completion}")
     res = judge.judge(PROMPTS, CANDIDATES, REFERENCES)
     direct = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
 
@@ -157,25 +160,25 @@ def test_reward_model_rejects_several_labels(tmp_path, tokenizer):
 
     model = LlamaForSequenceClassification(AutoConfig.from_pretrained(TINY_MODEL, num_labels=2))
     with pytest.raises(ValueError, match="num_labels=2"):
-        W.RewardModelJudge(model, tokenizer)
+        MJ.RewardModelJudge(model, tokenizer)
     with pytest.raises(ValueError, match=r"\{completion\}"):
-        W.RewardModelJudge(model, tokenizer, template="{prompt}")
+        MJ.RewardModelJudge(model, tokenizer, template="{prompt}")
 
 
 # ----- build_judge ---------------------------------------------------------------------------------------------------
 def test_build_judge(reward_model_dir):
-    assert isinstance(W.build_judge("rouge", None), W.RougeJudge)
-    assert isinstance(W.build_judge(W.JudgeKind.REWARD_MODEL, str(reward_model_dir)), W.RewardModelJudge)
-    judge = W.build_judge("pairwise_llm", str(TINY_MODEL), batch_size=3)
-    assert isinstance(judge, W.PairwiseLLMJudge) and judge.batch_size == 3
+    assert isinstance(MJ.build_judge("rouge", None), J.RougeJudge)
+    assert isinstance(MJ.build_judge(J.JudgeKind.REWARD_MODEL, str(reward_model_dir)), MJ.RewardModelJudge)
+    judge = MJ.build_judge("pairwise_llm", str(TINY_MODEL), batch_size=3)
+    assert isinstance(judge, MJ.PairwiseLLMJudge) and judge.batch_size == 3
     with pytest.raises(ValueError, match="judge_model_path.*'reward_model' needs a model"):
-        W.build_judge("reward_model", None)
+        MJ.build_judge("reward_model", None)
     with pytest.raises(ValueError, match="eval.judge_model"):
-        W.build_judge("pairwise_llm", "", key="eval.judge_model")
+        MJ.build_judge("pairwise_llm", "", key="eval.judge_model")
     with pytest.raises(ValueError, match=r"judge: 'gpt4' is not one of \['rouge', 'reward_model', 'pairwise_llm'\]"):
-        W.build_judge("gpt4", None)
+        MJ.build_judge("gpt4", None)
     with pytest.raises(FileNotFoundError, match="judge_model_path"):
-        W.build_judge("reward_model", "/nonexistent/rm")
+        MJ.build_judge("reward_model", "/nonexistent/rm")
 
 
 # ----- statistics ----------------------------------------------------------------------------------------------------
@@ -198,7 +201,7 @@ def test_bootstrap_mean():
             W.bootstrap_mean(**bad)
 
 
-class TableJudge(W.Judge):
+class TableJudge(J.Judge):
     """A judge with hand-made scores: ``table[candidate]``, counted as wins."""
 
     name = "table"
@@ -208,7 +211,7 @@ class TableJudge(W.Judge):
 
     def judge(self, prompts, candidates, references):
         scores = [self.table[c] for c in candidates]
-        return W.JudgeResult(scores=scores, wins=list(scores))
+        return J.JudgeResult(scores=scores, wins=list(scores))
 
 
 def test_revision_win_rates_on_hand_made_scores():
@@ -239,12 +242,12 @@ def test_revision_win_rates_on_hand_made_scores():
 
 def test_revision_win_rates_with_rouge_and_shape_errors():
     drafts = [["the cat sat", "the cat sat on the mat"], ["alpha", "gamma delta"]]
-    rows = W.revision_win_rates(drafts, ["q1", "q2"], ["the cat sat on the mat", "gamma delta"], W.RougeJudge())
+    rows = W.revision_win_rates(drafts, ["q1", "q2"], ["the cat sat on the mat", "gamma delta"], J.RougeJudge())
     assert [r["score"] for r in rows] == pytest.approx([(2 / 3 + 0.0) / 2, 1.0])
     assert rows[1]["improvement"] == pytest.approx(1.0 - 1 / 3)
     assert "win_rate" not in rows[0] and "prob" not in rows[0]
     assert "| y_0 | rougeL_f1 | 2 |" in W.win_rate_table(rows) and "| - |" in W.win_rate_table(rows)
     with pytest.raises(ValueError, match="same, non-zero number of drafts"):
-        W.revision_win_rates([["a", "b"], ["c"]], ["q1", "q2"], ["r1", "r2"], W.RougeJudge())
+        W.revision_win_rates([["a", "b"], ["c"]], ["q1", "q2"], ["r1", "r2"], J.RougeJudge())
     with pytest.raises(ValueError, match="same length"):
-        W.revision_win_rates([["a"]], ["q1", "q2"], ["r1", "r2"], W.RougeJudge())
+        W.revision_win_rates([["a"]], ["q1", "q2"], ["r1", "r2"], J.RougeJudge())

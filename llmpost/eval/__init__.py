@@ -1,6 +1,6 @@
-"""Evaluation pieces every benchmark shares: metric functions (``metrics``), pass@k (``passk``), sharding over
-processes (``shard``), statistics and tables (``stats``), plots (``plots``) and the held-out language-modelling loss
-(``lm_loss``). The benchmarks themselves live in :mod:`llmpost.benchmarks`."""
+"""Evaluation pieces every benchmark shares: metric functions (``metrics``; membership inference and extraction in
+``mia``), pass@k (``passk``), sharding over processes (``shard``), statistics and tables (``stats``), plots (``plots``)
+and the held-out language-modelling loss (``lm_loss``). The benchmarks themselves live in :mod:`llmpost.benchmarks`."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ The transformers backend has two implementations of the same decoding (``impl``)
   repetition penalty, forced or suppressed tokens, minimum length, static cache, and when sampling no ``min_p``,
   ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff`` or ``top_h``, ...); ``"hf"`` otherwise.
 
-Sampling (:func:`generate_samples`): ``n`` completions per prompt, each prompt repeated as ``n`` rows of the same
-length-sorted, left-padded batches of ``batch_size`` rows.
+Sampling (:func:`generate_samples`, its settings a :class:`SampleSettings`): ``n`` completions per prompt, each prompt
+repeated as ``n`` rows of the same length-sorted, left-padded batches of ``batch_size`` rows.
 
 * What is identical to ``generate``: the lean loop applies to the float32 last-position logits the warpers
   ``generate(do_sample=True, temperature=t, top_k=k, top_p=p)`` applies, in its order and with its arithmetic
@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from llmpost.generation.common import (
     GenerationBackend,
     GenerationImpl,
+    SampleSettings,
     Sampling,
     StopOnStrings,
     _count_generated,
@@ -67,7 +68,7 @@ from llmpost.generation.vllm_backend import _generate_vllm, _sample_vllm
 from llmpost.models import pad_token_id
 
 __all__ = [
-    "GenerationBackend", "GenerationImpl", "Sampling", "StopOnStrings", "auto_generation_batch_size",
+    "GenerationBackend", "GenerationImpl", "SampleSettings", "Sampling", "StopOnStrings", "auto_generation_batch_size",
     "generate_greedy", "generate_samples", "lean_supported", "postprocess",
 ]  # fmt: skip
 
@@ -107,14 +108,14 @@ def generate_greedy(
     return _decode(tokenizer, token_ids, stopwords)
 
 
-def _check_sampling_args(n, temperature, top_p, top_k, max_new_tokens, batch_size) -> None:
+def _check_sample_settings(s: SampleSettings) -> None:
     checks = [
-        ("n", n, n >= 1, "an integer >= 1"),
-        ("temperature", temperature, temperature >= 0, ">= 0 (0 means greedy decoding)"),
-        ("top_p", top_p, 0 < top_p <= 1, "in (0, 1] (1 means off)"),
-        ("top_k", top_k, top_k >= 0, "an integer >= 0 (0 means off)"),
-        ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, "an integer >= 1"),
-        ("batch_size", batch_size, batch_size >= 1, "an integer >= 1"),
+        ("n", s.n, s.n >= 1, "an integer >= 1"),
+        ("temperature", s.sampling.temperature, s.sampling.temperature >= 0, ">= 0 (0 means greedy decoding)"),
+        ("top_p", s.sampling.top_p, 0 < s.sampling.top_p <= 1, "in (0, 1] (1 means off)"),
+        ("top_k", s.sampling.top_k, s.sampling.top_k >= 0, "an integer >= 0 (0 means off)"),
+        ("max_new_tokens", s.max_new_tokens, s.max_new_tokens >= 1, "an integer >= 1"),
+        ("batch_size", s.batch_size, s.batch_size >= 1, "an integer >= 1"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
@@ -125,48 +126,44 @@ def generate_samples(
     model,
     tokenizer,
     prompts: Sequence[Sequence[int]],
+    settings: SampleSettings | None = None,
     *,
-    n: int = 1,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    batch_size: int = 32,
-    stopwords: Sequence[str] | None = None,
-    backend: str | GenerationBackend = "transformers",
-    impl: str | GenerationImpl = "auto",
     return_token_counts: bool = False,
 ) -> list[list[str]] | tuple[list[list[str]], int]:
-    """``n`` sampled continuations of each token-id prompt, decoded and post-processed (:func:`postprocess`): one list
-    of ``n`` texts per prompt, in the prompts' order.
+    """``settings.n`` sampled continuations of each token-id prompt, decoded and post-processed (:func:`postprocess`):
+    one list of ``n`` texts per prompt, in the prompts' order.
 
     Sampling applies ``temperature``, then ``top_k`` (``0``: off), then ``top_p`` (``1.0``: off), as
     ``generate(do_sample=True)`` does; ``temperature=0`` is greedy decoding (computed once per prompt, repeated ``n``
     times). ``batch_size`` counts rows (a prompt's ``n`` samples are ``n`` rows). The samples are a function of
     ``seed`` and the batch composition, independent of the caller's RNG state, which is left untouched (package
-    docstring). ``model``, ``backend``, ``impl`` and ``stopwords`` as for :func:`generate_greedy`.
+    docstring). ``model``, ``backend``, ``impl`` and ``stopwords`` as for :func:`generate_greedy`; every setting is a
+    field of :class:`SampleSettings` (``None``: its defaults, one sample of up to 256 tokens).
 
     With ``return_token_counts=True`` returns ``(texts, n_tokens)``: the number of tokens the call generated (each row
     to its first EOS, stop or limit; greedy rows once per prompt), for throughput figures.
     """
-    _check_sampling_args(n, temperature, top_p, top_k, max_new_tokens, batch_size)
-    backend, impl = GenerationBackend(backend), GenerationImpl(impl)
+    settings = settings if settings is not None else SampleSettings()
+    _check_sample_settings(settings)
+    n, max_new_tokens, batch_size = settings.n, settings.max_new_tokens, settings.batch_size
+    stopwords = settings.stopwords
+    backend, impl = GenerationBackend(settings.backend), GenerationImpl(settings.impl)
     if not prompts:
         return ([], 0) if return_token_counts else []
     vllm = backend == GenerationBackend.VLLM
-    if temperature == 0:
+    if settings.sampling.temperature == 0:
         ids = _greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stopwords, backend, impl)
         texts = [[t] * n for t in _decode(tokenizer, ids, stopwords)]
     else:
-        sampling = Sampling(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+        s = settings.sampling
+        sampling = Sampling(temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p))
         if vllm:
-            per_prompt = _sample_vllm(model, prompts, n, sampling, max_new_tokens, seed, stopwords)
+            per_prompt = _sample_vllm(model, prompts, n, sampling, max_new_tokens, settings.seed, stopwords)
             ids = [row for rows in per_prompt for row in rows]
         else:
             rows = [p for p in prompts for _ in range(n)]
             ids = _generate_transformers(model, tokenizer, rows, max_new_tokens, batch_size, stopwords, impl,
-                                         sampling=sampling, seed=seed, unit="sample")  # fmt: skip
+                                         sampling=sampling, seed=settings.seed, unit="sample")  # fmt: skip
         flat = _decode(tokenizer, ids, stopwords)
         texts = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
     if not return_token_counts:

@@ -1,5 +1,6 @@
 """What every generation backend shares: the backend/impl enums, the pad and EOS tokens, post-processing of decoded
-text, the stop-string criterion for ``generate``, the sampling settings and the progress bar."""
+text, the stop-string criterion for ``generate``, the sampling settings (:class:`Sampling`, :class:`SampleSettings`)
+and the progress bar."""
 
 from __future__ import annotations
 
@@ -35,6 +36,29 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What :func:`llmpost.generation.generate_samples` draws and how it runs the decoding."""
+
+    n: int = 1
+    """Completions per prompt (each prompt becomes ``n`` rows of the batches)."""
+    sampling: Sampling = Sampling()
+    """Temperature, top-k and top-p (:class:`Sampling`); ``temperature=0`` is greedy decoding, computed once per
+    prompt and repeated ``n`` times."""
+    max_new_tokens: int = 256
+    """Generation length limit in tokens."""
+    seed: int = 0
+    """Batch ``b`` (0, 1, ...) draws from seed ``seed + b``; the caller's RNG state is left untouched."""
+    batch_size: int = 32
+    """Rows per batch (a prompt's ``n`` samples count as ``n`` rows); the samples depend on it."""
+    stopwords: Sequence[str] | None = None
+    """Strings that end a generation early; the text is cut before them either way."""
+    backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS
+    """``"transformers"`` or ``"vllm"`` (GPU, optional)."""
+    impl: str | GenerationImpl = GenerationImpl.AUTO
+    """Transformers backend: ``"auto"``, ``"lean"`` or ``"hf"`` (the same tokens either way)."""
 
 
 def postprocess(text: str, tokenizer, stopwords: Sequence[str] | None = None) -> str:

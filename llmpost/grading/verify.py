@@ -4,9 +4,10 @@
 small pool of worker *subprocesses* so that every call is bounded in wall time, from any thread or process:
 math-verify's own timeouts use ``signal.alarm`` (main thread only) and cannot stop C-level work such as big-integer
 powers, so a call that overruns its deadline kills its worker, and a replacement starts at once. The workers are
-plain ``subprocess.Popen`` children (this file run as a script, talking JSON lines over pipes), not
-``multiprocessing`` processes, so daemonic ``multiprocessing.Pool`` workers, which may not start ``multiprocessing``
-children, can use them too. Each worker also caps its CPU time per job (``RLIMIT_CPU``) so an orphan cannot spin forever.
+plain ``subprocess.Popen`` children (:mod:`llmpost.grading.verify_worker` run as a script, talking JSON lines over
+pipes), not ``multiprocessing`` processes, so daemonic ``multiprocessing.Pool`` workers, which may not start
+``multiprocessing`` children, can use them too. Each worker also caps its CPU time per job (``RLIMIT_CPU``) so an
+orphan cannot spin forever.
 Fallback: if no subprocess can be started (``OSError``, or a worker that dies while starting), math-verify runs in
 the calling process, bounded by its signal timeouts in the main thread and unbounded elsewhere.
 
@@ -32,27 +33,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm.auto import tqdm
 
+from llmpost.grading import verify_worker
+from llmpost.grading.verify_worker import verify_here
+
 __all__ = ["grade", "is_correct", "shutdown",]
 
 _START_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify (not counted in a call's timeout)
-
-
-# -------------------------------------------------------------------------------------------- math-verify grading
-def _verify_here(gold: str, completion: str, seconds: int | None) -> bool:
-    """math-verify in this process: ``verify(parse(gold), parse(completion))``, gold first, default extraction.
-
-    The gold is parsed as ``\\boxed{gold}``: a bare gold string is parsed badly (``6 - 5i`` -> 5, ``p - q`` -> nothing),
-    and the boxed form has the highest extraction priority and matches nested braces whole; ``$gold$`` parses identically
-    on all 500 MATH-500 answers, but breaks on golds holding ``$``. ``seconds`` feeds math-verify's signal timeouts.
-    """
-    try:
-        from math_verify import parse, verify
-
-        gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=seconds)
-        pred_parsed = parse(completion, parsing_timeout=seconds)
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=seconds))
-    except Exception:
-        return False
 
 
 class _StartError(RuntimeError):
@@ -60,12 +46,14 @@ class _StartError(RuntimeError):
 
 
 class _Worker:
-    """One grading subprocess: this file run as a script, answering one JSON line per request."""
+    """One grading subprocess: :mod:`llmpost.grading.verify_worker` run as a script, answering one JSON line per
+    request."""
 
     def __init__(self):
         code = "import sys, runpy; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        self.proc = subprocess.Popen([sys.executable, "-c", code, os.path.abspath(__file__)], stdin=subprocess.PIPE,
+        script = os.path.abspath(verify_worker.__file__)
+        self.proc = subprocess.Popen([sys.executable, "-c", code, script], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
         self.ready = False
 
@@ -190,7 +178,7 @@ def _default_workers() -> int:
 def _verify_in_caller(gold: str, completion: str, timeout: float) -> bool:
     """Fallback: math-verify in this process, signal-bounded in the main thread, unbounded in others."""
     in_main = threading.current_thread() is threading.main_thread()
-    return _verify_here(gold, completion, max(1, math.ceil(timeout)) if in_main else None)
+    return verify_here(gold, completion, max(1, math.ceil(timeout)) if in_main else None)
 
 
 def _grade_one(completion, gold, timeout: float, size: int) -> bool:
@@ -233,7 +221,7 @@ def _check(timeout: float) -> None:
 def is_correct(completion: str, gold: str, timeout: float = 5.0) -> bool:
     """Whether ``completion``'s final answer equals ``gold``, by math-verify: ``verify(parse(gold), parse(completion))``.
 
-    Gold first (math-verify is not symmetric), gold parsed as ``\\boxed{gold}`` (see ``_verify_here``), the completion
+    Gold first (math-verify is not symmetric), gold parsed as ``\\boxed{gold}`` (see :func:`llmpost.grading.verify_worker.verify_here`), the completion
     with math-verify's default extraction (``LatexExtractionConfig()``, ``ExprExtractionConfig()``; boxed answers
     first). Bounded by ``timeout`` seconds of grading (waiting for a free worker, or for a new one to import
     math-verify, is not counted); a timeout, junk input (non-strings) or any error gives False. Safe from any thread
@@ -272,30 +260,3 @@ def grade(completions: Sequence[str], golds: Sequence[str], timeout: float = 5.0
             verdicts[futures[future]] = future.result()
             bar.update(1)
     return [verdicts[pair] for pair in pairs]
-
-
-def _worker_main() -> None:
-    """Grading worker loop: one ``[gold, completion, timeout]`` JSON line in, ``1``/``0`` out, until stdin closes."""
-    import logging
-    import resource
-
-    out = os.fdopen(os.dup(1), "w", encoding="ascii", buffering=1)
-    os.dup2(2, 1)  # whatever sympy or math-verify print must not corrupt the protocol
-    logging.disable(logging.CRITICAL)  # math-verify logs every timeout with the whole input
-    from math_verify import parse, verify  # noqa: F401  (imported once, before "ready")
-
-    out.write("ready\n")
-    for line in sys.stdin:
-        gold, completion, timeout = json.loads(line)
-        try:  # an orphaned worker stuck in C code is killed by the kernel
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-            soft = int(usage.ru_utime + usage.ru_stime + timeout) + 10
-            resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-        except (ValueError, OSError):
-            pass
-        out.write("1\n" if _verify_here(gold, completion, max(1, math.ceil(timeout))) else "0\n")
-
-
-if __name__ == "__main__":
-    _worker_main()

@@ -69,6 +69,7 @@ def run_eval_math(ns: argparse.Namespace) -> int:
     from llmpost.benchmarks.math.evaluate import (
         EVAL_FILE,
         SUMMARY_FILE,
+        MathEvalSettings,
         evaluate_math,
         format_summary,
         grade_problems,
@@ -94,12 +95,14 @@ def run_eval_math(ns: argparse.Namespace) -> int:
         write_results(records, summary, args.output_dir)
     else:
         model, tokenizer = load_model_and_tokenizer(args)
-        summary = evaluate_math(
-            model, tokenizer, problems, template, output_dir=args.output_dir, num_samples=args.num_samples,
-            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-            batch_size=args.batch_size, max_length=args.max_length, backend=args.generation_backend,
-            vllm_model=args.model_name_or_path if args.generation_backend == "vllm" else None, stopwords=args.stopwords,
+        settings = MathEvalSettings(
+            num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size, max_length=args.max_length,
+            backend=args.generation_backend, stopwords=args.stopwords,
         )  # fmt: skip
+        vllm_model = args.model_name_or_path if args.generation_backend == "vllm" else None
+        summary = evaluate_math(model, tokenizer, problems, template, settings, output_dir=args.output_dir,
+                                vllm_model=vllm_model)  # fmt: skip
     print(format_summary(summary))
     print(f"\nResults: {Path(args.output_dir) / EVAL_FILE}, {Path(args.output_dir) / SUMMARY_FILE}")
     return 0

@@ -21,6 +21,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmpost.benchmarks.math.data import math_prompts
@@ -32,8 +33,8 @@ from llmpost.grading.normalize import extract_boxed, is_equiv
 from llmpost.grading.verify import grade, is_correct
 from llmpost.utils import DataError, atomic_write_json
 
-__all__ = ["EVAL_FILE", "SUMMARY_FILE", "evaluate_math", "extract_answer", "grade_problems", "is_correct", "is_equiv",
-           "load_predictions", "pass_at_k", "summarize"]  # fmt: skip
+__all__ = ["EVAL_FILE", "SUMMARY_FILE", "MathEvalSettings", "evaluate_math", "extract_answer", "grade_problems",
+           "is_correct", "is_equiv", "load_predictions", "pass_at_k", "summarize"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -110,34 +111,61 @@ def write_results(records: dict, summary: dict, output_dir: str | Path) -> None:
     atomic_write_json(Path(output_dir) / SUMMARY_FILE, summary)
 
 
-def evaluate_math(model, tokenizer, problems, template: TemplateArgs, *, output_dir: str | Path | None,
-                  num_samples: int = 16, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 512,
-                  seed: int = 0, batch_size: int = 32, max_length: int = 2048, backend: str = "transformers",
-                  vllm_model=None, max_problems: int | None = None, stopwords: Sequence[str] | None = None) -> dict:
-    """Sample ``num_samples`` completions per problem, grade them, write the result files (main process), return the
-    summary. ``problems``: a dataset or list of MATH rows; ``template``: the prompt (:mod:`llmpost.benchmarks.math.data`).
-    ``vllm_model`` (backend ``vllm``): a ``vllm.LLM`` or a model path."""
-    from llmpost.generation import generate_samples
+@dataclass(frozen=True)
+class MathEvalSettings:
+    """How :func:`evaluate_math` samples (defaults: ``llmpost eval math``'s)."""
 
+    num_samples: int = 16
+    """Samples per problem (``n`` of pass@k)."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy decoding, the same text ``num_samples`` times)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1: off)."""
+    max_new_tokens: int = 512
+    """Generation length limit in tokens."""
+    seed: int = 0
+    """Seed of the samples (and of the bootstrap intervals)."""
+    batch_size: int = 32
+    """Generation batch size in rows (prompts x samples)."""
+    max_length: int = 2048
+    """Prompt truncation length in tokens."""
+    backend: str = "transformers"
+    """Generation backend: ``"transformers"`` or ``"vllm"`` (GPU; then pass ``vllm_model``)."""
+    max_problems: int | None = None
+    """Evaluate only the first problems (smoke runs); ``None``: all."""
+    stopwords: Sequence[str] | None = None
+    """Strings that end a generation."""
+
+
+def evaluate_math(model, tokenizer, problems, template: TemplateArgs, settings: MathEvalSettings, *,
+                  output_dir: str | Path | None = None, vllm_model=None) -> dict:  # fmt: skip
+    """Sample ``settings.num_samples`` completions per problem, grade them, write the result files (main process, when
+    ``output_dir`` is given), return the summary. ``problems``: a dataset or list of MATH rows; ``template``: the prompt
+    (:mod:`llmpost.benchmarks.math.data`). ``vllm_model`` (backend ``vllm``): a ``vllm.LLM`` or a model path."""
+    from llmpost.generation import SampleSettings, Sampling, generate_samples
+
+    s = settings
     rows = [dict(r) for r in problems]
-    if max_problems is not None:
-        rows = rows[:max_problems]
+    if s.max_problems is not None:
+        rows = rows[: s.max_problems]
     if not rows:
         raise DataError("no problems to evaluate")
-    prompts = math_prompts(rows, tokenizer, template, max_length)
-    settings = {"num_samples": num_samples, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                "seed": seed, "backend": backend, "world_size": world()[0]}  # fmt: skip
-    logger.info("MATH: sampling %d x %d completions (%s)", len(rows), num_samples, settings)
+    prompts = math_prompts(rows, tokenizer, template, s.max_length)
+    recorded = {"num_samples": s.num_samples, "temperature": s.temperature, "top_p": s.top_p,
+                "max_new_tokens": s.max_new_tokens, "seed": s.seed, "backend": s.backend,
+                "world_size": world()[0]}  # fmt: skip
+    logger.info("MATH: sampling %d x %d completions (%s)", len(rows), s.num_samples, recorded)
+    sample_settings = SampleSettings(n=s.num_samples, sampling=Sampling(temperature=s.temperature, top_p=s.top_p),
+                                     max_new_tokens=s.max_new_tokens, seed=s.seed, batch_size=s.batch_size,
+                                     stopwords=s.stopwords, backend=s.backend)  # fmt: skip
 
     def sample(batch_prompts):
-        target = vllm_model if backend == "vllm" else model
-        return generate_samples(target, tokenizer, batch_prompts, n=num_samples, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, stopwords=stopwords,
-                                backend=backend)  # fmt: skip
+        target = vllm_model if s.backend == "vllm" else model
+        return generate_samples(target, tokenizer, batch_prompts, sample_settings)
 
     completions = sharded_map(sample, prompts, [len(p) for p in prompts])
     records = grade_problems(rows, completions)
-    summary = {**summarize(records, seed=seed), "settings": settings}
+    summary = {**summarize(records, seed=s.seed), "settings": recorded}
     if output_dir is not None and world()[1] == 0:
         write_results(records, summary, output_dir)
     return summary

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import transformers
 
 from llmpost.eval import Evaluator
+
+if TYPE_CHECKING:
+    from llmpost.benchmarks.math.evaluate import MathEvalSettings
 
 
 def math_evaluator(data_args) -> Evaluator | None:
@@ -16,42 +21,41 @@ def math_evaluator(data_args) -> Evaluator | None:
     problems = data_args.problems("test")
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
-        from llmpost.benchmarks.math.evaluate import evaluate_math
+        from llmpost.benchmarks.math.evaluate import MathEvalSettings, evaluate_math
 
         # The prompt truncation length: the SFT/DCO config's max_length; GRPO's config has none (prompts are short).
-        return evaluate_math(
-            model, tokenizer, problems, data_args, output_dir=eval_dir, num_samples=data_args.eval_num_samples,
-            temperature=data_args.eval_temperature, top_p=data_args.eval_top_p,
+        settings = MathEvalSettings(
+            num_samples=data_args.eval_num_samples, temperature=data_args.eval_temperature, top_p=data_args.eval_top_p,
             max_new_tokens=data_args.eval_max_new_tokens, seed=data_args.eval_seed,
             batch_size=args.per_device_eval_batch_size, max_length=getattr(args, "max_length", None) or 2048,
-            backend=data_args.generation_backend,
-            vllm_model=args.output_dir if data_args.generation_backend == "vllm" else None,
-            max_problems=data_args.eval_max_problems,
+            backend=data_args.generation_backend, max_problems=data_args.eval_max_problems,
         )  # fmt: skip
+        vllm_model = args.output_dir if data_args.generation_backend == "vllm" else None
+        return evaluate_math(model, tokenizer, problems, data_args, settings, output_dir=eval_dir,
+                             vllm_model=vllm_model)  # fmt: skip
 
     return evaluate
 
 
 class HeldOutMathCallback(transformers.TrainerCallback):
     """Learning curves on held-out MATH (or arithmetic) problems: before the first step and every ``every`` optimizer
-    steps, sample ``num_samples`` completions per problem from the model being trained, grade them with
+    steps, sample ``settings.num_samples`` completions per problem from the model being trained, grade them with
     ``math_grading.is_correct`` (the clean checker), and log ``heldout/pass@1`` (mean over problems of the fraction
     correct) and ``heldout/pass@1_stderr`` (its standard error across problems) at that step.
 
     Runs on every process (problems sharded, as in ``evaluate_math``); the parameters are gathered for generation
     under ZeRO-3 (``trl.models.unwrap_model_for_generation``). The entry goes through ``transformers.Trainer.log``,
     not a subclass's ``log``, so that trainers that average their own metrics per logging interval (TRL's GRPO) keep
-    their cadence. Sampling is seeded (``seed``, the same at every evaluation), so two runs are compared on the same
-    random stream.
+    their cadence. Sampling is seeded (``settings.seed``, the same at every evaluation), so two runs are compared on the
+    same random stream.
     """
 
-    def __init__(self, trainer, problems, template, every: int, num_samples: int = 4, temperature: float = 1.0,
-                 max_new_tokens: int = 32, seed: int = 0, batch_size: int = 64, max_length: int = 2048):
-        if every < 1 or num_samples < 1:
-            raise ValueError(f"every and num_samples must be >= 1, got every={every}, num_samples={num_samples}")
+    def __init__(self, trainer, problems, template, every: int, settings: MathEvalSettings):
+        if every < 1 or settings.num_samples < 1:
+            raise ValueError(f"every and num_samples must be >= 1, got every={every}, "
+                             f"num_samples={settings.num_samples}")  # fmt: skip
         self.trainer, self.problems, self.template, self.every = trainer, list(problems), template, every
-        self.kw = dict(num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                       batch_size=batch_size, max_length=max_length)
+        self.settings = settings
 
     def evaluate(self) -> dict:
         from trl.models import unwrap_model_for_generation
@@ -63,8 +67,7 @@ class HeldOutMathCallback(transformers.TrainerCallback):
             was_training = model.training
             model.eval()
             try:
-                summary = evaluate_math(model, trainer.processing_class, self.problems, self.template, output_dir=None,
-                                        **self.kw)
+                summary = evaluate_math(model, trainer.processing_class, self.problems, self.template, self.settings)
             finally:
                 model.train(was_training)
         p1 = summary["pass@k"]["1"]

@@ -49,6 +49,7 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     from llmpost.benchmarks.muse.evaluate import (
         EVAL_FILE,
         SUMMARY_FILE,
+        MuseEvalSettings,
         evaluate_muse,
         load_muse_eval_splits,
         resolve_reference_auc,
@@ -63,12 +64,13 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     load_muse_eval_splits(args.data_dir, args.max_examples)
     resolve_reference_auc(args.protocol, args.reference_auc, args.retain_logs_path)
     model, tokenizer = load_model_and_tokenizer(args)
-    summary = evaluate_muse(
-        model, tokenizer, data_dir=args.data_dir, batch_size=args.batch_size, protocol=args.protocol,
-        reference_auc=args.reference_auc, retain_logs_path=args.retain_logs_path, output_dir=args.output_dir,
+    settings = MuseEvalSettings(
+        data_dir=args.data_dir, protocol=args.protocol, batch_size=args.batch_size, reference_auc=args.reference_auc,
         max_examples=args.max_examples, verbmem_max_new_tokens=args.verbmem_max_new_tokens,
         knowmem_max_new_tokens=args.knowmem_max_new_tokens,
     )  # fmt: skip
+    summary = evaluate_muse(model, tokenizer, settings, output_dir=args.output_dir,
+                            retain_logs_path=args.retain_logs_path)  # fmt: skip
     print(format_table({"value": summary}, tuple(summary)))
     print(f"\nResults: {Path(args.output_dir) / EVAL_FILE}, {Path(args.output_dir) / SUMMARY_FILE}")
     return 0

@@ -60,30 +60,25 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from llmpost.benchmarks.muse.data import (
     KNOWMEM_STOPS,
-    GenerationItem,
     MuseProtocol,
-    ScoreItem,
     cut_knowmem_output,
     knowmem_item,
     load_muse_split,
     privleak_item,
     verbmem_item,
 )
-from llmpost.data.collators import pad_examples
+from llmpost.benchmarks.muse.scoring import generate, score_texts
 from llmpost.data.files import read_json
 from llmpost.eval import metrics as M
-from llmpost.eval.shard import model_device, sharded_map, world
-from llmpost.generation import generate_greedy
-from llmpost.models import pad_token_id
-from llmpost.ops import IGNORE_INDEX, token_logps
+from llmpost.eval import mia
+from llmpost.eval.shard import world
 from llmpost.utils import RetainLogError, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -139,57 +134,6 @@ def load_muse_eval_splits(data_dir: str | Path | None, max_examples: int | None 
     return {k: rows if k.endswith("_icl") else rows[:max_examples] for k, rows in splits.items()}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Generation and scoring, batched longest first and sharded across ranks
-
-
-def _progress(desc: str, total: int):
-    """A tqdm bar with rate and ETA on rank 0 (``TQDM_DISABLE=1`` turns it off)."""
-    return tqdm(total=total, desc=desc, unit="ex", **({"disable": True} if world()[1] else {}))
-
-
-def generate(model, tokenizer, items: list[GenerationItem], *, max_new_tokens: int, batch_size: int, stopwords=None,
-             desc: str = "generating") -> list[str]:  # fmt: skip
-    """Greedy continuations of ``items`` (:func:`llmpost.generation.generate_greedy`, one call per batch so the bar
-    advances), longest first, split across ranks; returned in the items' order."""
-
-    def run(shard: list[GenerationItem]) -> list[str]:
-        out: list[str] = []
-        with _progress(desc, len(shard)) as bar:
-            for start in range(0, len(shard), batch_size):
-                chunk = [it.prompt_ids for it in shard[start : start + batch_size]]
-                out += generate_greedy(model, tokenizer, chunk, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       stopwords=stopwords)  # fmt: skip
-                bar.update(len(chunk))
-        return out
-
-    return sharded_map(run, items, [len(it.prompt_ids) for it in items])
-
-
-@torch.no_grad()
-def score_texts(model, tokenizer, items: list[ScoreItem], *, batch_size: int,
-                desc: str = "scoring") -> list[np.ndarray]:  # fmt: skip
-    """Per-token log-probs (float64 arrays) of each item's positions ``[first, end)``: one right-padded forward pass
-    per batch (:func:`llmpost.ops.token_logps`), longest first, split across ranks; in the items' order."""
-    pad_id, device = pad_token_id(tokenizer), model_device(model)
-
-    def run(shard: list[ScoreItem]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        with _progress(desc, len(shard)) as bar:
-            for start in range(0, len(shard), batch_size):
-                chunk = shard[start : start + batch_size]
-                examples = [{"input_ids": it.input_ids, "attention_mask": [1] * len(it.input_ids),
-                             "labels": [IGNORE_INDEX] * it.first + it.input_ids[it.first : it.end]
-                             + [IGNORE_INDEX] * (len(it.input_ids) - it.end)} for it in chunk]  # fmt: skip
-                batch = {k: v.to(device) for k, v in pad_examples(examples, pad_id).items()}
-                logps, mask = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-                out += [logps[r][mask[r]].double().cpu().numpy() for r in range(len(chunk))]
-                bar.update(len(chunk))
-        return out
-
-    return sharded_map(run, items, [len(it.input_ids) for it in items])
-
-
 def _warn_if_too_long(model, lengths: list[int]) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     over = [n for n in lengths if limit and n > limit]
@@ -205,10 +149,10 @@ def privleak_entries(forget_scores, holdout_scores, reference_auc: float, protoc
     ``= (privleak_auc - reference_auc) / reference_auc * 100`` (``+ 1e-10`` in the denominator for
     ``open_unlearning``). Source: muse_bench ``metrics/privleak.py`` (``sweep``) and ``eval.py``."""
     protocol = MuseProtocol(protocol)
-    mia = M.mia(forget_scores, holdout_scores)
+    entry = mia.mia(forget_scores, holdout_scores)
     eps = M.EPS if protocol == MuseProtocol.OPEN_UNLEARNING else 0.0
-    leak = M.privleak(mia["auc"], 1.0 - reference_auc, eps=eps)
-    return {"mia_min_k": mia, "privleak_auc": M.result(1.0 - mia["auc"]),
+    leak = mia.privleak(entry["auc"], 1.0 - reference_auc, eps=eps)
+    return {"mia_min_k": entry, "privleak_auc": M.result(1.0 - entry["auc"]),
             "privleak": {**leak, "reference_auc": reference_auc, "protocol": protocol.value}}  # fmt: skip
 
 
@@ -216,27 +160,46 @@ def privleak_entries(forget_scores, holdout_scores, reference_auc: float, protoc
 # The evaluation
 
 
+@dataclass(frozen=True)
+class MuseEvalSettings:
+    """What :func:`evaluate_muse` evaluates and how (defaults: the MUSE benchmark's)."""
+
+    data_dir: str | Path | None = None
+    """The MUSE-News directory (:mod:`llmpost.benchmarks.muse.data`); ``None`` loads hub ``muse-bench/MUSE-News``."""
+    protocol: str | MuseProtocol = MuseProtocol.MUSE
+    """``"muse"`` (the benchmark's code) or ``"open_unlearning"`` (its port; module docstring)."""
+    batch_size: int = 8
+    """Generation and scoring batch size (results do not depend on it beyond float noise)."""
+    reference_auc: float | None = None
+    """MUSE's AUC of a retrained model, strictly between 0 and 1; ``None``: the protocol's default (0.4772 for
+    ``muse``, 0.5 for ``open_unlearning``), or the AUC in the ``retain_logs_path`` given to :func:`evaluate_muse`."""
+    max_examples: int | None = None
+    """Only the first rows of each evaluated split (quick checks and tests; not the benchmark)."""
+    verbmem_max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS
+    """VerbMem generation length (MUSE: 128); under ``muse`` VerbMem's reference is cut to the same length."""
+    knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS
+    """KnowMem generation length (MUSE: 32)."""
+
+
 def compute_muse_metrics(
-    model, tokenizer, *, data_dir: str | Path | None = None, batch_size: int = 8,
-    protocol: str | MuseProtocol = MuseProtocol.MUSE, reference_auc: float | None = None,
-    retain_logs_path: str | Path | None = None, max_examples: int | None = None,
-    verbmem_max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS, knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
+    model, tokenizer, settings: MuseEvalSettings, *, retain_logs_path: str | Path | None = None,
 ) -> dict[str, M.MetricResult]:  # fmt: skip
     """Every MUSE entry (see the module docstring) as ``{key: {"agg_value", "value_by_index", ...}}``; writes
     nothing. Arguments as in :func:`evaluate_muse`."""
-    protocol = MuseProtocol(protocol)
-    if min(batch_size, verbmem_max_new_tokens, knowmem_max_new_tokens) < 1:
+    s = settings
+    protocol = MuseProtocol(s.protocol)
+    if min(s.batch_size, s.verbmem_max_new_tokens, s.knowmem_max_new_tokens) < 1:
         raise ValueError("batch_size and the max_new_tokens values must be >= 1")
-    ref_auc, ref_source = resolve_reference_auc(protocol, reference_auc, retain_logs_path)
-    splits = load_muse_eval_splits(data_dir, max_examples)
-    verbmem = [verbmem_item(tokenizer, r["prompt"], r["gt"], protocol, verbmem_max_new_tokens)
+    ref_auc, ref_source = resolve_reference_auc(protocol, s.reference_auc, retain_logs_path)
+    splits = load_muse_eval_splits(s.data_dir, s.max_examples)
+    verbmem = [verbmem_item(tokenizer, r["prompt"], r["gt"], protocol, s.verbmem_max_new_tokens)
                for r in splits["verbmem"]]  # fmt: skip
     knowmem = {p: [knowmem_item(tokenizer, splits[f"{p}_qa_icl"], r["question"], r["answer"], protocol)
                    for r in splits[f"{p}_qa"]] for p in ("forget", "retain")}  # fmt: skip
     texts = {p: [privleak_item(tokenizer, r["text"], protocol) for r in splits[f"privleak_{p}"]]
              for p in ("forget", "holdout")}  # fmt: skip
-    _warn_if_too_long(model, [len(it.prompt_ids) + verbmem_max_new_tokens for it in verbmem]
-                      + [len(it.prompt_ids) + knowmem_max_new_tokens for p in knowmem for it in knowmem[p]]
+    _warn_if_too_long(model, [len(it.prompt_ids) + s.verbmem_max_new_tokens for it in verbmem]
+                      + [len(it.prompt_ids) + s.knowmem_max_new_tokens for p in knowmem for it in knowmem[p]]
                       + [len(it.input_ids) for p in texts for it in texts[p]])  # fmt: skip
     stem = protocol == MuseProtocol.OPEN_UNLEARNING
     logs: dict[str, M.MetricResult] = {}
@@ -244,13 +207,13 @@ def compute_muse_metrics(
     model.eval()
     try:
         t0 = time.perf_counter()
-        gens = generate(model, tokenizer, verbmem, max_new_tokens=verbmem_max_new_tokens, batch_size=batch_size,
+        gens = generate(model, tokenizer, verbmem, max_new_tokens=s.verbmem_max_new_tokens, batch_size=s.batch_size,
                         desc="MUSE verbmem")  # fmt: skip
         logs["forget_verbmem_ROUGE"] = M.rouge(gens, [it.ground_truth for it in verbmem],
                                                [it.input_text for it in verbmem], rouge_type="rougeL_f1",
                                                use_stemmer=stem)  # fmt: skip
         for p, items in knowmem.items():
-            gens = generate(model, tokenizer, items, max_new_tokens=knowmem_max_new_tokens, batch_size=batch_size,
+            gens = generate(model, tokenizer, items, max_new_tokens=s.knowmem_max_new_tokens, batch_size=s.batch_size,
                             stopwords=list(KNOWMEM_STOPS), desc=f"MUSE {p} knowmem")  # fmt: skip
             logs[f"{p}_knowmem_ROUGE"] = M.rouge([cut_knowmem_output(g) for g in gens],
                                                  [it.ground_truth for it in items], [it.input_text for it in items],
@@ -260,8 +223,8 @@ def compute_muse_metrics(
         t0 = time.perf_counter()
         scores = {}
         for p, items in texts.items():
-            lps = score_texts(model, tokenizer, items, batch_size=batch_size, desc=f"MUSE privleak {p}")
-            scores[p] = [M.min_k_score(lp, MIN_K, at_least_one=stem) for lp in lps]
+            lps = score_texts(model, tokenizer, items, batch_size=s.batch_size, desc=f"MUSE privleak {p}")
+            scores[p] = [mia.min_k_score(lp, MIN_K, at_least_one=stem) for lp in lps]
         logger.info("MUSE: scored %d texts in %.1fs", sum(map(len, texts.values())), time.perf_counter() - t0)
     finally:
         model.train(was_training)
@@ -276,30 +239,20 @@ def summarize(logs: dict[str, M.MetricResult]) -> dict[str, float | None]:
 
 
 def evaluate_muse(
-    model, tokenizer, *, data_dir: str | Path | None = None, batch_size: int = 8,
-    protocol: str | MuseProtocol = MuseProtocol.MUSE, reference_auc: float | None = None,
-    retain_logs_path: str | Path | None = None, output_dir: str | Path | None = None, max_examples: int | None = None,
-    verbmem_max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS, knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
+    model, tokenizer, settings: MuseEvalSettings, *, output_dir: str | Path | None = None,
+    retain_logs_path: str | Path | None = None,
 ) -> dict[str, float | None]:  # fmt: skip
     """Evaluate ``model`` on MUSE-News; write ``MUSE_EVAL.json`` / ``MUSE_SUMMARY.json`` into ``output_dir`` (rank 0,
     atomically, replacing existing files) when given; return the summary.
 
     Args:
         model, tokenizer: a causal LM (unwrapped; eval mode during the call, restored after) and its tokenizer.
-        data_dir: the MUSE-News directory (:mod:`llmpost.benchmarks.muse.data`); ``None`` loads hub ``muse-bench/MUSE-News``.
-        batch_size: generation and scoring batch size (results do not depend on it beyond float noise).
-        protocol: ``"muse"`` (the benchmark's code, default) or ``"open_unlearning"`` (its port; module docstring).
-        reference_auc: MUSE's AUC of a retrained model (default 0.4772 for ``muse``, 0.5 for ``open_unlearning``);
-            or ``retain_logs_path``: that model's ``MUSE_EVAL.json``. Must be strictly between 0 and 1.
-        max_examples: only the first rows of each evaluated split (quick checks and tests; not the benchmark).
-        verbmem_max_new_tokens, knowmem_max_new_tokens: generation lengths (MUSE: 128 and 32); VerbMem's reference is
-            cut to the same length under ``muse``.
+        settings: the data, protocol, batch size and generation lengths (:class:`MuseEvalSettings`).
+        output_dir: where the two result files go; ``None``: nothing is written.
+        retain_logs_path: a retrained model's ``MUSE_EVAL.json``, whose AUC is privleak's reference (instead of
+            ``settings.reference_auc``; not both).
     """
-    logs = compute_muse_metrics(
-        model, tokenizer, data_dir=data_dir, batch_size=batch_size, protocol=protocol, reference_auc=reference_auc,
-        retain_logs_path=retain_logs_path, max_examples=max_examples, verbmem_max_new_tokens=verbmem_max_new_tokens,
-        knowmem_max_new_tokens=knowmem_max_new_tokens,
-    )  # fmt: skip
+    logs = compute_muse_metrics(model, tokenizer, settings, retain_logs_path=retain_logs_path)
     size, rank = world()
     if output_dir is not None and rank == 0:
         out = Path(output_dir)

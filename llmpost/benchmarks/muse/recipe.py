@@ -89,13 +89,14 @@ def muse_evaluator(data_args: MuseArguments) -> Evaluator:
             raise DataError(str(e)) from None
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
-        from llmpost.benchmarks.muse.evaluate import evaluate_muse
+        from llmpost.benchmarks.muse.evaluate import MuseEvalSettings, evaluate_muse
 
-        return evaluate_muse(
-            model, tokenizer, data_dir=data_args.data_dir, batch_size=args.per_device_eval_batch_size,
-            protocol=data_args.eval_protocol, retain_logs_path=data_args.retain_logs_path, output_dir=eval_dir,
+        settings = MuseEvalSettings(
+            data_dir=data_args.data_dir, protocol=data_args.eval_protocol, batch_size=args.per_device_eval_batch_size,
             max_examples=data_args.eval_max_examples, verbmem_max_new_tokens=data_args.eval_verbmem_max_new_tokens,
             knowmem_max_new_tokens=data_args.eval_knowmem_max_new_tokens,
         )  # fmt: skip
+        return evaluate_muse(model, tokenizer, settings, output_dir=eval_dir,
+                             retain_logs_path=data_args.retain_logs_path)  # fmt: skip
 
     return evaluate if data_args.eval_after_training else None

@@ -79,7 +79,7 @@ def preference_evaluator(data_args, heldout, model, tokenizer, max_length: int, 
         return None
     from accelerate import PartialState
 
-    from llmpost.benchmarks.preference.judges import build_judge
+    from llmpost.benchmarks.preference.model_judges import build_judge
     from llmpost.benchmarks.preference.winrate import revision_win_rates
 
     templates = data_args.templates()

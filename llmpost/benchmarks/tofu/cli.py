@@ -44,13 +44,14 @@ def _validate_tofu_args(args: TofuEvalArgs) -> None:
 
 def run_eval_tofu(ns: argparse.Namespace) -> int:
     """``llmpost eval tofu``: check every input, load, evaluate, write the two result files, print the summary."""
+    from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
     from llmpost.benchmarks.tofu.evaluate import (
         EVAL_FILE,
         SUMMARY_FILE,
+        TofuEvalSettings,
         evaluate_tofu,
         format_summary,
         load_retain_logs,
-        load_tofu_eval_splits,
     )
 
     names = {f.name for f in dataclasses.fields(TofuEvalArgs)}
@@ -64,13 +65,14 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
         load_retain_logs(args.retain_logs_path)
     model, tokenizer = load_model_and_tokenizer(args)
     vllm_model = args.model_name_or_path if args.generation_backend == "vllm" else None
-    summary = evaluate_tofu(
-        model, tokenizer, data_dir=args.data_dir, forget_split=args.forget_split, holdout_split=args.holdout_split,
-        template=template, batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
-        retain_logs_path=args.retain_logs_path, output_dir=args.output_dir, compute_generation=args.compute_generation,
-        stopwords=args.stopwords, generation_backend=args.generation_backend, vllm_model=vllm_model,
-        max_examples=args.max_examples,
+    settings = TofuEvalSettings(
+        data_dir=args.data_dir, forget_split=args.forget_split, holdout_split=args.holdout_split, template=template,
+        batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
+        compute_generation=args.compute_generation, stopwords=args.stopwords,
+        generation_backend=args.generation_backend, max_examples=args.max_examples,
     )  # fmt: skip
+    summary = evaluate_tofu(model, tokenizer, settings, output_dir=args.output_dir,
+                            retain_logs_path=args.retain_logs_path, vllm_model=vllm_model)  # fmt: skip
     print(format_summary(summary))
     print(f"\nResults: {Path(args.output_dir) / EVAL_FILE}, {Path(args.output_dir) / SUMMARY_FILE}")
     return 0

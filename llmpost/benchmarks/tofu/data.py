@@ -1,4 +1,5 @@
-"""TOFU (arXiv 2401.06121): loading splits offline or from the hub, prompt templates, answer-only tokenisation.
+"""TOFU (arXiv 2401.06121): loading splits offline or from the hub (also the evaluation's set of splits), prompt
+templates, answer-only tokenisation.
 
 Splits are read from ``{data_dir}/{split}.jsonl`` when ``data_dir`` is given (the offline twin of the hub dataset), or
 from the hub id ``locuslab/TOFU`` otherwise. Prompts are built exactly as open-unlearning's
@@ -17,6 +18,8 @@ over the answer tokens (plus EOS) only.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,51 @@ def first_authors(ds: datasets.Dataset, num_authors: int | None) -> datasets.Dat
     if num_authors <= 0 or rows > len(ds):
         raise DataError(f"num_retain_authors={num_authors} must be in [1, {len(ds) // ROWS_PER_AUTHOR}] for this split")
     return ds.select(range(rows))
+
+
+def _holdout_for(forget_split: str) -> str | None:
+    match = re.fullmatch(r"forget(\d+)", forget_split)
+    return f"holdout{match.group(1)}" if match else None
+
+
+def _split_available(split: str, data_dir: str | None) -> bool:
+    return data_dir is None or (Path(data_dir) / f"{split}.jsonl").is_file()
+
+
+def load_tofu_eval_splits(
+    data_dir: str | None, forget_split: str = "forget10", holdout_split: str | None = None,
+    max_examples: int | None = None,
+) -> dict[str, list[dict]]:  # fmt: skip
+    """Rows of the evaluation splits: ``forget`` (``{forget_split}_perturbed``), ``retain`` (``retain_perturbed``),
+    ``ra``, ``wf``, and ``holdout`` when available (``holdout_split``, by default the forget split's ``holdoutNN``;
+    skipped with a warning when that default is absent). ``max_examples`` keeps the first rows of each (for tests)."""
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+    perturbed = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+    wanted = {
+        "forget": (f"{forget_split}_perturbed", perturbed),
+        "retain": ("retain_perturbed", perturbed),
+        "ra": ("real_authors_perturbed", ("question", "answer", "perturbed_answer")),
+        "wf": ("world_facts_perturbed", ("question", "answer", "perturbed_answer")),
+    }
+    splits = {}
+    for name, (split, columns) in wanted.items():
+        splits[name] = _load_rows(split, data_dir, columns, max_examples)
+    if holdout_split is None:
+        holdout_split = _holdout_for(forget_split)
+        if holdout_split is None or not _split_available(holdout_split, data_dir):
+            logger.warning("No holdout split for %r: mia_min_k and privleak are not computed", forget_split)
+            holdout_split = None
+    if holdout_split is not None:
+        splits["holdout"] = _load_rows(holdout_split, data_dir, ("question", "answer"), max_examples)
+    return splits
+
+
+def _load_rows(split: str, data_dir: str | None, columns: Sequence[str], max_examples: int | None) -> list[dict]:
+    rows = load_split(split, data_dir, required_columns=tuple(columns)).to_list()
+    if not rows:
+        raise DataError(f"TOFU split {split!r} is empty")
+    return rows[:max_examples] if max_examples else rows
 
 
 def tokenize_qa(

@@ -1,8 +1,8 @@
 """TOFU evaluation (arXiv 2401.06121) with open-unlearning's metric definitions, key names and result files.
 
-The entries, their splits and definitions (:mod:`llmpost.eval.metrics`), as open-unlearning's
-``configs/eval/tofu.yaml`` and ``configs/eval/tofu_metrics/*.yaml`` define them (``F`` = ``{forget_split}_perturbed``,
-e.g. ``forget10_perturbed``):
+The entries, their splits and definitions (:mod:`llmpost.eval.metrics`, :mod:`llmpost.eval.mia`; assembled in
+:mod:`llmpost.benchmarks.tofu.entries`), as open-unlearning's ``configs/eval/tofu.yaml`` and
+``configs/eval/tofu_metrics/*.yaml`` define them (``F`` = ``{forget_split}_perturbed``, e.g. ``forget10_perturbed``):
 
 * ``forget_Q_A_Prob`` / ``forget_Q_A_PARA_Prob`` / ``forget_Q_A_PERT_Prob``: length-normalised probability of F's
   ``answer`` / ``paraphrased_answer`` / each ``perturbed_answer`` (lists of 5);
@@ -39,21 +39,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmpost.benchmarks.tofu.data import load_split
+from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
+from llmpost.benchmarks.tofu.entries import assemble_entries
 from llmpost.benchmarks.tofu.scoring import _rouge_splits, _score_splits
 from llmpost.data.templates import TemplateArgs
 from llmpost.eval import metrics as M
 from llmpost.eval.shard import world
 from llmpost.generation import GenerationBackend
-from llmpost.utils import DataError, RetainLogError, atomic_write_json
+from llmpost.utils import RetainLogError, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ SUMMARY_FILE = "TOFU_SUMMARY.json"
 # The top-level metrics of open-unlearning's configs/eval/tofu.yaml, listed first in printed tables.
 HEADLINE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
                  "privleak", "extraction_strength")  # fmt: skip
-MIA_K = 0.4  # open-unlearning configs/eval/tofu_metrics/mia_min_k.yaml
-PRIVLEAK_REF_VALUE = 0.5  # open-unlearning configs/eval/tofu_metrics/privleak.yaml: AUC used without a retain log
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,141 +101,69 @@ def load_retain_logs(path: str | Path) -> dict[str, Any]:
 # The evaluation
 
 
-def _holdout_for(forget_split: str) -> str | None:
-    match = re.fullmatch(r"forget(\d+)", forget_split)
-    return f"holdout{match.group(1)}" if match else None
+@dataclass(frozen=True)
+class TofuEvalSettings:
+    """What :func:`evaluate_tofu` evaluates and how (defaults: open-unlearning's TOFU evaluation)."""
 
-
-def _split_available(split: str, data_dir: str | None) -> bool:
-    return data_dir is None or (Path(data_dir) / f"{split}.jsonl").is_file()
-
-
-def load_tofu_eval_splits(
-    data_dir: str | None, forget_split: str = "forget10", holdout_split: str | None = None,
-    max_examples: int | None = None,
-) -> dict[str, list[dict]]:  # fmt: skip
-    """Rows of the evaluation splits: ``forget`` (``{forget_split}_perturbed``), ``retain`` (``retain_perturbed``),
-    ``ra``, ``wf``, and ``holdout`` when available (``holdout_split``, by default the forget split's ``holdoutNN``;
-    skipped with a warning when that default is absent). ``max_examples`` keeps the first rows of each (for tests)."""
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be >= 1, got {max_examples}")
-    perturbed = ("question", "answer", "paraphrased_answer", "perturbed_answer")
-    wanted = {
-        "forget": (f"{forget_split}_perturbed", perturbed),
-        "retain": ("retain_perturbed", perturbed),
-        "ra": ("real_authors_perturbed", ("question", "answer", "perturbed_answer")),
-        "wf": ("world_facts_perturbed", ("question", "answer", "perturbed_answer")),
-    }
-    splits = {}
-    for name, (split, columns) in wanted.items():
-        splits[name] = _load_rows(split, data_dir, columns, max_examples)
-    if holdout_split is None:
-        holdout_split = _holdout_for(forget_split)
-        if holdout_split is None or not _split_available(holdout_split, data_dir):
-            logger.warning("No holdout split for %r: mia_min_k and privleak are not computed", forget_split)
-            holdout_split = None
-    if holdout_split is not None:
-        splits["holdout"] = _load_rows(holdout_split, data_dir, ("question", "answer"), max_examples)
-    return splits
-
-
-def _load_rows(split: str, data_dir: str | None, columns: Sequence[str], max_examples: int | None) -> list[dict]:
-    rows = load_split(split, data_dir, required_columns=tuple(columns)).to_list()
-    if not rows:
-        raise DataError(f"TOFU split {split!r} is empty")
-    return rows[:max_examples] if max_examples else rows
-
-
-def _assemble(stats, rouges, retain_logs, n_forget: int) -> dict[str, M.MetricResult]:
-    """Every TOFU entry from the per-answer statistics, the ROUGE results and the retain log (may be ``None``)."""
-    logs: dict[str, M.MetricResult] = {}
-    for p in ("forget", "retain", "ra", "wf"):
-        logs[f"{p}_Q_A_Prob"] = M.probability([s.avg_loss for s in stats[p]["answer"]])
-        logs[f"{p}_Q_A_PERT_Prob"] = M.probability([[s.avg_loss for s in o] for o in stats[p]["perturbed_answer"]])
-        if p in rouges:
-            logs[f"{p}_Q_A_ROUGE"] = rouges[p]
-    for p in ("forget", "retain"):
-        logs[f"{p}_Q_A_PARA_Prob"] = M.probability([s.avg_loss for s in stats[p]["paraphrased_answer"]])
-    tr = M.truth_ratio
-    logs["forget_truth_ratio"] = tr(logs["forget_Q_A_PARA_Prob"], logs["forget_Q_A_PERT_Prob"], "closer_to_1_better")
-    logs["retain_Truth_Ratio"] = tr(logs["retain_Q_A_PARA_Prob"], logs["retain_Q_A_PERT_Prob"], "true_better")
-    for p in ("ra", "wf"):
-        logs[f"{p}_Q_A_Prob_normalised"] = M.normalised_probability(logs[f"{p}_Q_A_Prob"], logs[f"{p}_Q_A_PERT_Prob"])
-        logs[f"{p}_Truth_Ratio"] = tr(logs[f"{p}_Q_A_Prob"], logs[f"{p}_Q_A_PERT_Prob"], "true_better")
-    logs["model_utility"] = M.model_utility({k: logs[k]["agg_value"] for k in M.MODEL_UTILITY_KEYS if k in logs})
-    logs["extraction_strength"] = M.extraction_strength([s.extraction_strength for s in stats["forget"]["answer"]])
-
-    retain_scores = None
-    if retain_logs is not None:
-        retain_scores = [v["score"] for v in retain_logs["forget_truth_ratio"]["value_by_index"].values()]
-        if len(retain_scores) != n_forget:
-            logger.warning("forget_quality: the retain log has %d forget truth ratios, this evaluation %d; check that "
-                           "both used the same forget split", len(retain_scores), n_forget)  # fmt: skip
-    else:
-        logger.warning("forget_quality is not computed (null): no retain_logs_path given")
-    forget_scores = [v["score"] for v in logs["forget_truth_ratio"]["value_by_index"].values()]
-    logs["forget_quality"] = M.forget_quality(forget_scores, retain_scores)
-
-    if "holdout" in stats:
-        forget_mk = [M.min_k_score(s.token_logps, MIA_K) for s in stats["forget"]["answer"]]
-        holdout_mk = [M.min_k_score(s.token_logps, MIA_K) for s in stats["holdout"]["answer"]]
-        logs["mia_min_k"] = M.mia(forget_mk, holdout_mk)
-        ref_entry = (retain_logs or {}).get("mia_min_k")
-        ref = ref_entry.get("agg_value") if isinstance(ref_entry, dict) else None
-        if ref is None:
-            logger.warning("privleak: no mia_min_k in a retain log; relative to AUC %.1f instead", PRIVLEAK_REF_VALUE)
-            ref = PRIVLEAK_REF_VALUE
-        logs["privleak"] = M.privleak(logs["mia_min_k"]["agg_value"], ref)
-    return dict(sorted(logs.items()))
+    data_dir: str | None = None
+    """Directory of TOFU ``*.jsonl`` splits; ``None`` loads hub ``locuslab/TOFU``."""
+    forget_split: str = "forget10"
+    """``forget01`` / ``forget05`` / ``forget10``; its ``_perturbed`` split is evaluated."""
+    holdout_split: str | None = None
+    """The split for mia_min_k / privleak; default the matching ``holdoutNN`` (skipped if absent)."""
+    template: TemplateArgs = field(default_factory=TemplateArgs)
+    """Prompt template (:class:`llmpost.data.templates.TemplateArgs`); default the base-model template."""
+    batch_size: int = 32
+    """Forward-pass batch size, and the least generation batch size (open-unlearning: 32)."""
+    max_length: int = 512
+    """Token truncation length (open-unlearning: 512)."""
+    max_new_tokens: int = 200
+    """Greedy generation length for ROUGE (200)."""
+    compute_generation: bool = True
+    """``False`` skips generation: no ROUGE entries and no model_utility."""
+    stopwords: Sequence[str] | None = None
+    """Extra strings that end a generation (open-unlearning's ``generation_args.stopwords``; none by default), e.g.
+    ``[template.asst_end_tag]``."""
+    generation_backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS
+    """``"transformers"`` or ``"vllm"`` (:func:`llmpost.generation.generate_greedy`; for vLLM see ``vllm_model``)."""
+    generation_batch_size: int | None = None
+    """Rows per generation batch; ``None``: ``batch_size`` for vLLM, else
+    :func:`llmpost.generation.auto_generation_batch_size` (at least ``batch_size``, as many as a memory budget allows:
+    a small model's step costs about the same for 32 or 1,000 rows)."""
+    generation_impl: str = "auto"
+    """``"auto"`` / ``"lean"`` / ``"hf"`` (:func:`llmpost.generation.generate_greedy`'s ``impl``)."""
+    max_examples: int | None = None
+    """Evaluate only the first rows of each split (quick checks and tests; not the benchmark)."""
 
 
 def compute_tofu_metrics(
-    model,
-    tokenizer,
-    *,
-    data_dir: str | None = None,
-    forget_split: str = "forget10",
-    holdout_split: str | None = None,
-    template: TemplateArgs | None = None,
-    batch_size: int = 32,
-    max_length: int = 512,
-    max_new_tokens: int = 200,
-    retain_logs_path: str | Path | None = None,
-    compute_generation: bool = True,
-    stopwords: Sequence[str] | None = None,
-    generation_backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS,
-    vllm_model: Any = None,
-    max_examples: int | None = None,
-    generation_batch_size: int | None = None,
-    generation_impl: str = "auto",
-) -> dict[str, M.MetricResult]:
+    model, tokenizer, settings: TofuEvalSettings, *, retain_logs_path: str | Path | None = None, vllm_model: Any = None,
+) -> dict[str, M.MetricResult]:  # fmt: skip
     """All TOFU entries (the module table) as ``{key: {"agg_value", "value_by_index"}}``, keys sorted; writes nothing.
-
-    ``vllm_model``: a ``vllm.LLM`` or model path for ``generation_backend="vllm"`` (default: the model's
-    ``name_or_path``). See :func:`evaluate_tofu` for the other arguments.
-    """
-    template = template or TemplateArgs()
+    Arguments as in :func:`evaluate_tofu`."""
+    s = settings
     retain_logs = load_retain_logs(retain_logs_path) if retain_logs_path else None
-    splits = load_tofu_eval_splits(data_dir, forget_split, holdout_split, max_examples)
+    splits = load_tofu_eval_splits(s.data_dir, s.forget_split, s.holdout_split, s.max_examples)
     was_training = model.training
     model.eval()
     try:
         t0 = time.perf_counter()
-        stats = _score_splits(model, tokenizer, template, splits, batch_size, max_length)
+        stats = _score_splits(model, tokenizer, s.template, splits, s.batch_size, s.max_length)
         logger.info("TOFU: scored the answers of %s in %.1fs", list(splits), time.perf_counter() - t0)
         rouges = {}
-        if compute_generation:
+        if s.compute_generation:
             t0 = time.perf_counter()
-            rouges = _rouge_splits(model, tokenizer, template, splits, batch_size=batch_size, max_length=max_length,
-                                   max_new_tokens=max_new_tokens, stopwords=stopwords, backend=generation_backend,
-                                   vllm_model=vllm_model, generation_batch_size=generation_batch_size,
-                                   generation_impl=generation_impl)  # fmt: skip
+            rouges = _rouge_splits(model, tokenizer, s.template, splits, batch_size=s.batch_size,
+                                   max_length=s.max_length, max_new_tokens=s.max_new_tokens, stopwords=s.stopwords,
+                                   backend=s.generation_backend, vllm_model=vllm_model,
+                                   generation_batch_size=s.generation_batch_size,
+                                   generation_impl=s.generation_impl)  # fmt: skip
             logger.info("TOFU: generated and scored answers in %.1fs", time.perf_counter() - t0)
         else:
             logger.warning("TOFU: compute_generation=False: no ROUGE entries, so no model_utility")
     finally:
         model.train(was_training)
-    return _assemble(stats, rouges, retain_logs, len(splits["forget"]))
+    return assemble_entries(stats, rouges, retain_logs, len(splits["forget"]))
 
 
 def summarize(logs: dict[str, M.MetricResult]) -> dict[str, float]:
@@ -254,57 +181,23 @@ def write_tofu_results(logs: dict[str, M.MetricResult], output_dir: str | Path) 
 
 
 def evaluate_tofu(
-    model,
-    tokenizer,
-    *,
-    data_dir: str | None = None,
-    forget_split: str = "forget10",
-    holdout_split: str | None = None,
-    template: TemplateArgs | None = None,
-    batch_size: int = 32,
-    max_length: int = 512,
-    max_new_tokens: int = 200,
-    retain_logs_path: str | Path | None = None,
-    output_dir: str | Path | None = None,
-    compute_generation: bool = True,
-    stopwords: Sequence[str] | None = None,
-    generation_backend: str | GenerationBackend = GenerationBackend.TRANSFORMERS,
-    vllm_model: Any = None,
-    max_examples: int | None = None,
-    generation_batch_size: int | None = None,
-    generation_impl: str = "auto",
-) -> dict[str, float]:
+    model, tokenizer, settings: TofuEvalSettings, *, output_dir: str | Path | None = None,
+    retain_logs_path: str | Path | None = None, vllm_model: Any = None,
+) -> dict[str, float]:  # fmt: skip
     """Evaluate ``model`` on TOFU; write ``TOFU_EVAL.json`` / ``TOFU_SUMMARY.json`` to ``output_dir`` (rank 0, if
     given; existing files are replaced); return the summary ``{key: agg_value}``.
 
     Args:
         model: a causal LM (or PEFT model), used in eval mode under ``torch.no_grad`` and restored to its mode.
         tokenizer: its tokenizer; the pad token falls back to EOS.
-        data_dir: directory of TOFU ``*.jsonl`` splits; ``None`` loads hub ``locuslab/TOFU``.
-        forget_split: ``forget01`` / ``forget05`` / ``forget10``; its ``_perturbed`` split is evaluated.
-        holdout_split: for mia_min_k / privleak; default the matching ``holdoutNN`` (skipped if absent).
-        template: prompt template (:class:`llmpost.data.templates.TemplateArgs`); default the base-model template.
-        batch_size, max_length: forward/generation batch size; token truncation length (open-unlearning: 32, 512).
-        max_new_tokens: greedy generation length for ROUGE (200).
+        settings: the splits, template, batch sizes and generation options (:class:`TofuEvalSettings`).
+        output_dir: where the two result files go; ``None``: nothing is written.
         retain_logs_path: the retain model's ``TOFU_EVAL.json``, for forget_quality (and privleak); ``None``: no
             forget_quality (logged).
-        compute_generation: ``False`` skips generation: no ROUGE entries and no model_utility.
-        stopwords: extra strings that end a generation (open-unlearning's ``generation_args.stopwords``; none by
-            default); e.g. ``[template.asst_end_tag]``.
-        generation_backend, vllm_model: ``"transformers"`` or ``"vllm"`` (:func:`llmpost.generation.generate_greedy`).
-        max_examples: evaluate only the first rows of each split (quick checks and tests; not the benchmark).
-        generation_batch_size: rows per generation batch; ``None`` (default): ``batch_size`` for vLLM, else
-            :func:`llmpost.generation.auto_generation_batch_size` (at least ``batch_size``, as many as a memory budget
-            allows: a small model's step costs about the same for 32 or 1,000 rows).
-        generation_impl: ``"auto"`` / ``"lean"`` / ``"hf"`` (:func:`llmpost.generation.generate_greedy`'s ``impl``).
+        vllm_model: a ``vllm.LLM`` or model path for ``settings.generation_backend="vllm"`` (default: the model's
+            ``name_or_path``).
     """
-    logs = compute_tofu_metrics(
-        model, tokenizer, data_dir=data_dir, forget_split=forget_split, holdout_split=holdout_split,
-        template=template, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
-        retain_logs_path=retain_logs_path, compute_generation=compute_generation, stopwords=stopwords,
-        generation_backend=generation_backend, vllm_model=vllm_model, max_examples=max_examples,
-        generation_batch_size=generation_batch_size, generation_impl=generation_impl,
-    )  # fmt: skip
+    logs = compute_tofu_metrics(model, tokenizer, settings, retain_logs_path=retain_logs_path, vllm_model=vllm_model)
     size, rank = world()
     if output_dir is not None and rank == 0:
         eval_path, summary_path = write_tofu_results(logs, output_dir)

@@ -51,13 +51,14 @@ def tofu_evaluator(data_args: TofuArguments) -> Evaluator:
     """The TOFU evaluation of a recipe's saved model, as an :data:`Evaluator`."""
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
-        from llmpost.benchmarks.tofu.evaluate import evaluate_tofu
+        from llmpost.benchmarks.tofu.evaluate import TofuEvalSettings, evaluate_tofu
 
-        return evaluate_tofu(
-            model, tokenizer, data_dir=data_args.data_dir, forget_split=data_args.forget_split,
-            template=TemplateArgs.from_obj(data_args), batch_size=args.per_device_eval_batch_size,
-            max_length=args.max_length, max_new_tokens=data_args.eval_max_new_tokens,
-            retain_logs_path=data_args.retain_logs_path, output_dir=eval_dir, max_examples=data_args.eval_max_examples,
+        settings = TofuEvalSettings(
+            data_dir=data_args.data_dir, forget_split=data_args.forget_split, template=TemplateArgs.from_obj(data_args),
+            batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
+            max_new_tokens=data_args.eval_max_new_tokens, max_examples=data_args.eval_max_examples,
         )  # fmt: skip
+        return evaluate_tofu(model, tokenizer, settings, output_dir=eval_dir,
+                             retain_logs_path=data_args.retain_logs_path)  # fmt: skip
 
     return evaluate if data_args.eval_after_training else None

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from llmpost.data.collators import pad_examples
 from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
 from llmpost.eval import metrics as M
+from llmpost.eval import mia
 from llmpost.eval.shard import model_device, sharded_map, world
 from llmpost.generation import GenerationBackend, auto_generation_batch_size, generate_greedy
 from llmpost.models import pad_token_id
@@ -63,7 +64,7 @@ def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) ->
             m = mask[r]
             lp = logps[r][m].double().cpu().numpy()
             avg_loss = float(-lp.mean()) if lp.size else None
-            es = M.extraction_strength_score(preds[r][m][:-1].cpu().numpy(), targets[r][m][:-1].cpu().numpy())
+            es = mia.extraction_strength_score(preds[r][m][:-1].cpu().numpy(), targets[r][m][:-1].cpu().numpy())
             out.append(AnswerStats(avg_loss, lp[:-1], es))
         bar.update(logits.shape[0])
     bar.close()
