@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from llmpost.grading import verify_worker
 from llmpost.grading.verify_worker import verify_here
 
-__all__ = ["grade", "is_correct", "shutdown",]
+__all__ = ["grade", "is_correct", "shutdown"]
 
 _START_TIMEOUT = 120.0  # seconds a new worker may take to import math-verify (not counted in a call's timeout)
 

@@ -30,8 +30,7 @@ import numpy as np
 from llmpost.benchmarks.preference.judges import Judge, JudgeResult
 from llmpost.eval.stats import bootstrap_mean, markdown_table, mean_stderr
 
-__all__ = ["Judge", "JudgeResult", "bootstrap_mean", "revision_win_rates", "summarize_revisions", "win_rate_table",
-]  # fmt: skip
+__all__ = ["revision_win_rates", "summarize_revisions", "win_rate_table"]
 
 logger = logging.getLogger(__name__)
 
