@@ -17,6 +17,7 @@ from conftest import TINY_MODEL
 from llmpost.benchmarks.preference import judges as J
 from llmpost.benchmarks.preference import model_judges as MJ
 from llmpost.benchmarks.preference import winrate as W
+from llmpost.eval.stats import bootstrap_mean
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -183,22 +184,22 @@ def test_build_judge(reward_model_dir):
 
 # ----- statistics ----------------------------------------------------------------------------------------------------
 def test_bootstrap_mean():
-    assert W.bootstrap_mean([0.1] * 7) == (0.1, 0.1, 0.1)  # the interval collapses, exactly
+    assert bootstrap_mean([0.1] * 7) == (0.1, 0.1, 0.1)  # the interval collapses, exactly
     x = np.random.default_rng(1).random(50)
-    first = W.bootstrap_mean(x, n_resamples=500, seed=3)
-    assert first == W.bootstrap_mean(list(x), n_resamples=500, seed=3)  # deterministic for a seed
-    assert first != W.bootstrap_mean(x, n_resamples=500, seed=4)
+    first = bootstrap_mean(x, n_resamples=500, seed=3)
+    assert first == bootstrap_mean(list(x), n_resamples=500, seed=3)  # deterministic for a seed
+    assert first != bootstrap_mean(x, n_resamples=500, seed=4)
     mean, low, high = first
     assert mean == pytest.approx(x.mean()) and low < mean < high
     se = x.std(ddof=1) / math.sqrt(len(x))  # the 95% interval is about mean +- 1.96 se
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.25)
-    narrow = W.bootstrap_mean(x, n_resamples=500, seed=3, confidence=0.5)
+    narrow = bootstrap_mean(x, n_resamples=500, seed=3, confidence=0.5)
     assert low < narrow[1] < narrow[2] < high
-    assert W.bootstrap_mean([0.0, 1.0], n_resamples=200)[1:] != (0.0, 0.0)
+    assert bootstrap_mean([0.0, 1.0], n_resamples=200)[1:] != (0.0, 0.0)
     for bad in ({"values": []}, {"values": [1.0, float("nan")]}, {"values": [1.0], "n_resamples": 0},
                 {"values": [1.0], "confidence": 1.0}):  # fmt: skip
         with pytest.raises(ValueError):
-            W.bootstrap_mean(**bad)
+            bootstrap_mean(**bad)
 
 
 class TableJudge(J.Judge):
@@ -233,7 +234,7 @@ def test_revision_win_rates_on_hand_made_scores():
         # the paired interval equals the bootstrap of the per-prompt differences
         j = r["step"]
         diff = [scores[j][i] - scores[0][i] for i in range(3)]
-        assert (r["improvement"], r["improvement_ci_low"], r["improvement_ci_high"]) == W.bootstrap_mean(
+        assert (r["improvement"], r["improvement_ci_low"], r["improvement_ci_high"]) == bootstrap_mean(
             diff, n_resamples=400)  # fmt: skip
     table_md = W.win_rate_table(rows)
     assert table_md.splitlines()[0].startswith("| revision | judge | n | score | score 95% CI")
