@@ -33,23 +33,19 @@ step consumed is not recorded by ``Trainer``); resuming with ``dco_filter: false
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
-from trl.trainer.utils import add_fused_lm_head
 
 from llmpost.data.collators import IndexedRowCollator
 from llmpost.losses.dco import DCOReduction, dco_loss, dco_weight
-from llmpost.models import check_kernel_options, pad_token_id
 from llmpost.ops import token_logps
-from llmpost.trainers.metrics import flush_metrics
+from llmpost.trainers.base import LlmpostConfig, LlmpostTrainer
 from llmpost.utils import parse_enum
 
 
 @dataclass
-class DCOConfig(TrainingArguments):
+class DCOConfig(LlmpostConfig):
     """Training arguments for SFT / DCO. Defaults follow the DCO authors' MATH setup (arXiv 2502.07154; their README)."""
 
     dco_n: int = field(default=16, metadata={"help": "pass@N budget N of the DCO weight (1: plain cross-entropy)."})
@@ -57,10 +53,6 @@ class DCOConfig(TrainingArguments):
     dco_filter: bool = field(default=True, metadata={"help": "Drop examples with weight <= dco_threshold and refill the batch (authors' default)."})
     dco_threshold: float = field(default=0.1, metadata={"help": "Filter threshold on F(N, p) (authors: 0.1)."})
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per prompt+answer (longer rows are truncated)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
-    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits)."})
-    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens: the sequences of a batch laid end to end with restarting position_ids (exact; fastest with a flash-attention implementation, see llmpost.ops.pack_padded)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the 'index' column is used."})
 
     def __post_init__(self):
         self.dco_reduction = parse_enum("dco_reduction", self.dco_reduction, DCOReduction)
@@ -68,36 +60,23 @@ class DCOConfig(TrainingArguments):
             raise ValueError(f"dco_n: must be an integer >= 1, got {self.dco_n}")
         if not 0 <= self.dco_threshold < 1:
             raise ValueError(f"dco_threshold: must be in [0, 1), got {self.dco_threshold}")
-        if self.max_length <= 0:
-            raise ValueError(f"max_length: must be > 0, got {self.max_length}")
-        self.remove_unused_columns = False
         super().__post_init__()
-        check_kernel_options(self)
 
     @property
     def filtering(self) -> bool:
         return self.dco_filter and self.dco_n > 1 and self.dco_threshold > 0
 
 
-class DCOTrainer(Trainer):
+class DCOTrainer(LlmpostTrainer):
     """SFT with DCO weights. ``train_dataset`` holds tokenised rows (``input_ids``, ``labels``, ``attention_mask``,
     ``index`` = row number), e.g. from :func:`llmpost.benchmarks.math.data.tokenize_math`."""
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+    collator = IndexedRowCollator
 
     def __init__(self, model, args: DCOConfig, train_dataset, processing_class, peft_config=None, **kwargs):
-        if args.fused_lm_head:
-            add_fused_lm_head(model)  # must precede PEFT wrapping
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
         if "index" not in train_dataset.column_names or train_dataset["index"] != list(range(len(train_dataset))):
             raise ValueError("DCOTrainer: train_dataset needs an 'index' column equal to the row number")
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=IndexedRowCollator(pad_token_id(processing_class)), **kwargs)  # fmt: skip
-        self.fused, self.padding_free = args.fused_lm_head, args.padding_free
-        self._metrics = defaultdict(list)
+        super().__init__(model, args, train_dataset, processing_class, peft_config=peft_config, **kwargs)
         self._queue: list[int] = []  # kept dataset indices waiting for an optimizer step (identical on every process)
         self._filter_counts = torch.zeros(2)  # scored, kept since the last log
         self._epoch_iterator, self._epoch_micro = None, 0
@@ -120,11 +99,8 @@ class DCOTrainer(Trainer):
         logps, mask = token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], fused=self.fused,
                                   padding_free=self.padding_free)
         loss, weight = dco_loss(logps, mask, args.dco_n, args.dco_reduction)
-        if args.logging_strategy != "no":
-            seq = (logps * mask).sum(-1).detach()
-            self._metrics["dco_weight"].append(weight.float().mean())
-            self._metrics["answer_prob"].append(seq.exp().mean())
-            self._metrics["nll"].append((-seq / mask.sum(-1).clamp(min=1)).mean())
+        seq = (logps * mask).sum(-1).detach()
+        self.record_metrics({"dco_weight": weight, "answer_prob": seq.exp(), "nll": -seq / mask.sum(-1).clamp(min=1)})
         return loss.mean()
 
     # ----- the authors' filter ---------------------------------------------------------------------------------------
@@ -181,7 +157,6 @@ class DCOTrainer(Trainer):
         return kept_all
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        flush_metrics(self.accelerator, self._metrics, logs)
         if self.args.filtering and "loss" in logs and self._filter_counts[0] > 0:
             scored, kept = self._filter_counts.tolist()  # already global: gathered when scored
             logs.update({"filter_scored": scored, "filter_kept_fraction": kept / scored})

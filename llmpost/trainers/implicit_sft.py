@@ -47,21 +47,18 @@ them (packing full-vocabulary logits back into the padded layout is not implemen
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import datasets
 import torch
-from transformers import Trainer, TrainingArguments
-from trl.trainer.utils import add_fused_lm_head
 
 from llmpost.data.collators import INDEXED_ROW_KEYS, IndexedRowCollator
 from llmpost.data.templates import PreferenceTemplates, tokenize_prompt_completion
 from llmpost.losses.fdiv_sft import SFTDivergence, fdiv_sft_loss_from_labels, sequence_token_mean
-from llmpost.models import check_kernel_options, pad_token_id
 from llmpost.ops import IGNORE_INDEX, logps_from_logits, sequence_logps, token_logps
-from llmpost.trainers.metrics import check_finite_loss, flush_metrics
-from llmpost.trainers.reference import Reference, ReferenceMixin
+from llmpost.trainers.base import LlmpostTrainer, ReferenceConfig
+from llmpost.trainers.metrics import check_finite_loss
+from llmpost.trainers.reference import Reference
 from llmpost.utils import DataError, parse_enum
 
 __all__ = ["ImplicitSFTConfig", "ImplicitSFTTrainer", "Reference", "SFTDivergence", "tokenize_sft"]
@@ -92,32 +89,24 @@ def tokenize_sft(dataset: datasets.Dataset, tokenizer, templates: PreferenceTemp
 
 
 @dataclass
-class ImplicitSFTConfig(TrainingArguments):
-    """Training arguments of :class:`ImplicitSFTTrainer` (arXiv 2507.00018)."""
+class ImplicitSFTConfig(ReferenceConfig):
+    """Training arguments of :class:`ImplicitSFTTrainer` (arXiv 2507.00018). ``reference: precomputed`` and
+    ``padding_free`` serve ``sft_divergence: ce`` only."""
 
     sft_divergence: SFTDivergence = field(default=SFTDivergence.CE, metadata={"help": f"Per-token SFT loss, one of {[d.value for d in SFTDivergence]} (ce: plain SFT)."})
     beta: float = field(default=0.1, metadata={"help": "Scale of the logged implicit reward beta*log(pi/pi_ref) (TRL DPOConfig: 0.1); no loss uses it."})
-    reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed (ce only) | peft_base | model."})
-    ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model's path)."})
-    precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
     log_implicit_reward: bool = field(default=True, metadata={"help": "Log rewards/*, ref_logps/completion, kl/token_estimate."})
     max_length: int = field(default=1024, metadata={"help": "Maximum tokens per prompt+completion (TRL SFTConfig: 1024); the completion is cut."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
     fused_lm_head: bool | None = field(default=None, metadata={"help": "TRL's fused LM head (no full logits): ce only; unset: on for ce, off otherwise."})
-    padding_free: bool = field(default=False, metadata={"help": "ce only: forward only the real tokens, laid end to end (exact, see llmpost.ops.pack_padded)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the 'index' column is used."})
 
     def __post_init__(self):
         self.sft_divergence = parse_enum("sft_divergence", self.sft_divergence, SFTDivergence)
-        self.reference = parse_enum("reference", self.reference, Reference)
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
             raise ValueError(f"beta: must be > 0, got {self.beta!r}")
-        if self.max_length <= 0:
-            raise ValueError(f"max_length: must be > 0, got {self.max_length}")
         if self.precompute_ref_batch_size is not None and self.precompute_ref_batch_size <= 0:
             raise ValueError(f"precompute_ref_batch_size: must be > 0, got {self.precompute_ref_batch_size}")
         ce = self.sft_divergence is SFTDivergence.CE
-        if not ce and self.reference is Reference.PRECOMPUTED:
+        if not ce and self.reference == Reference.PRECOMPUTED:
             raise ValueError(f"reference: 'precomputed' holds per-sequence log-probs only and cannot serve sft_divergence "
                              f"{self.sft_divergence.value!r}, which needs the reference's full-vocabulary logits; use "
                              "reference 'model' or 'peft_base' (LoRA), or 'auto'")
@@ -129,49 +118,33 @@ class ImplicitSFTConfig(TrainingArguments):
         if self.padding_free and not ce:
             raise ValueError(f"padding_free: only for sft_divergence 'ce' (got {self.sft_divergence.value!r}, whose loss "
                              "needs full-vocabulary logits in the padded layout)")
-        self.remove_unused_columns = False
         super().__post_init__()
-        check_kernel_options(self)
 
 
-class ImplicitSFTTrainer(ReferenceMixin, Trainer):
+class ImplicitSFTTrainer(LlmpostTrainer):
     """SFT with a per-token f-divergence loss and implicit-reward logging. ``train_dataset`` holds tokenised rows
     (``input_ids``, ``labels``, ``attention_mask``, ``index``), e.g. from :func:`tokenize_sft`."""
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+    collator = IndexedRowCollator
 
     def __init__(self, model, args: ImplicitSFTConfig, train_dataset, processing_class, ref_model=None, peft_config=None,
                  **kwargs):
-        if args.fused_lm_head:
-            add_fused_lm_head(model)  # must precede PEFT wrapping
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
         missing = [k for k in INDEXED_ROW_KEYS if k not in train_dataset.column_names]
         if missing:
             raise ValueError(f"ImplicitSFTTrainer: train_dataset lacks column(s) {missing} (use tokenize_sft)")
-        pad_id = pad_token_id(processing_class)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=IndexedRowCollator(pad_id), **kwargs)
-        self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
+        super().__init__(model, args, train_dataset, processing_class, peft_config=peft_config, **kwargs)
         self.divergence: SFTDivergence = args.sft_divergence
-        self._metrics = defaultdict(list)
-        self.reference = self._resolve_reference(args, ref_model is not None)
-        self.ref_model = self._prepare_ref_model(ref_model, args) if self.reference == Reference.MODEL else None
+        ce = self.divergence is SFTDivergence.CE
+        # plain ce without reward logging uses no reference; ce needs only per-sequence log-probs: precomputed even
+        # with LoRA (one pass instead of a forward per step)
+        reference = self.setup_reference(not ce or args.log_implicit_reward, needs_logits=not ce, ref_model=ref_model,
+                                         lora_uses_base=False)
         self.ref_logps = self.ref_token_counts = None
-        if self.reference == Reference.PRECOMPUTED:
+        if reference == Reference.PRECOMPUTED:  # after Trainer.__init__: the pass needs self.accelerator
             sums, counts = self.precompute_ref_sums(train_dataset)
             self.ref_logps, self.ref_token_counts = sums.to(self.accelerator.device), counts.to(self.accelerator.device)
 
     # ----- reference -------------------------------------------------------------------------------------------------
-    def _resolve_reference(self, args: ImplicitSFTConfig, have_ref_model: bool) -> Reference | None:
-        ce = self.divergence is SFTDivergence.CE
-        if ce and not args.log_implicit_reward:
-            return None  # nothing uses a reference
-        # ce needs only per-sequence log-probs: precomputed even with LoRA (one pass instead of a forward per step)
-        return self.choose_reference(args.reference, have_ref_model, needs_logits=not ce, lora_uses_base=False)
-
     def precompute_ref_sums(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs of the tokenised rows (:meth:`ReferenceMixin.precompute_ref_logps`: one pass in eval
         mode, sharded over processes) and each row's number of labelled tokens, each ``(max(index) + 1,)``."""
@@ -219,20 +192,15 @@ class ImplicitSFTTrainer(ReferenceMixin, Trainer):
         return self.reference_sequence_logps(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
 
     def _record(self, loss, logps, mask, ref_seq) -> None:
-        """Per-micro-batch metrics, kept on device; gathered across processes once per logging step."""
-        m = self._metrics
+        """Per-micro-batch metrics (:meth:`~llmpost.trainers.base.LlmpostTrainer.record_metrics`)."""
         seq = sequence_logps(logps, mask)
-        m[f"loss/{self.divergence.value}"].append(loss.detach().float())
-        m["logps/completion"].append(seq.mean())
+        metrics = {f"loss/{self.divergence.value}": loss, "logps/completion": seq}
         if ref_seq is not None:
             count = mask.sum(-1).float()
             diff = seq - ref_seq.float()
             beta = self.args.beta
-            m["ref_logps/completion"].append(ref_seq.float().mean())
-            m["rewards/sequence"].append(beta * diff.mean())
-            m["rewards/token"].append(beta * (diff / count.clamp(min=1)).mean())
-            m["kl/token_estimate"].append(diff.sum() / count.sum().clamp(min=1))
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        flush_metrics(self.accelerator, self._metrics, logs)
-        super().log(logs, start_time)
+            metrics["ref_logps/completion"] = ref_seq
+            metrics["rewards/sequence"] = beta * diff.mean()
+            metrics["rewards/token"] = beta * (diff / count.clamp(min=1)).mean()
+            metrics["kl/token_estimate"] = diff.sum() / count.sum().clamp(min=1)
+        self.record_metrics(metrics)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from accelerate.utils import is_peft_model
 from torch.utils.data import DataLoader
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
@@ -32,29 +31,10 @@ class Reference(StrEnum):
 
 
 class ReferenceMixin:
-    """Reference handling for a ``transformers.Trainer`` subclass that sets ``self.reference`` (a :class:`Reference`),
+    """Reference log-probs for a ``transformers.Trainer`` subclass that sets ``self.reference`` (a :class:`Reference`),
     ``self.ref_model``, ``self.pad_id``, ``self.fused`` (TRL fused LM head) and ``self.padding_free``; ``args`` has
-    ``ref_model_name_or_path``, ``fused_lm_head`` and ``precompute_ref_batch_size``."""
-
-    def choose_reference(self, requested: Reference, have_ref_model: bool, needs_logits: bool,
-                         lora_uses_base: bool = True) -> Reference:
-        """The reference to use for ``requested`` (``auto``: the cheapest that serves): an explicit model when one was
-        passed; the LoRA base for a PEFT model (when ``lora_uses_base`` or the loss needs full-vocabulary logits);
-        an explicit frozen copy when logits are needed; else the one-pass precomputed log-probs. ``peft_base``
-        without a PEFT model is an error naming the key."""
-        peft = is_peft_model(self.model)
-        ref = requested
-        if ref == Reference.AUTO:
-            if have_ref_model:
-                ref = Reference.MODEL
-            elif peft and (lora_uses_base or needs_logits):
-                ref = Reference.PEFT_BASE
-            else:
-                ref = Reference.MODEL if needs_logits else Reference.PRECOMPUTED
-        if ref == Reference.PEFT_BASE and not peft:
-            raise ValueError("reference: 'peft_base' needs a PEFT (LoRA) model; set use_peft (or pass peft_config) or "
-                             "use another reference")
-        return ref
+    ``ref_model_name_or_path``, ``fused_lm_head`` and ``precompute_ref_batch_size``. The choice between the three
+    ways is :meth:`llmpost.trainers.base.LlmpostTrainer.setup_reference`."""
 
     def _prepare_ref_model(self, ref_model, args):
         if ref_model is None:
@@ -64,7 +44,7 @@ class ReferenceMixin:
             if not path:
                 raise ValueError("reference: 'model' needs ref_model_name_or_path (the model was built in memory)")
             ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=self.model.dtype,
-                                                             trust_remote_code=getattr(args, "trust_remote_code", False))
+                                                             trust_remote_code=args.trust_remote_code)
         if args.fused_lm_head:
             add_fused_lm_head(ref_model)
         ref_model.requires_grad_(False).eval()

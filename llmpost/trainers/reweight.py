@@ -30,17 +30,14 @@ token-mean loss by ``w_i`` alone, so that a short document is not discounted twi
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
-from trl.trainer.utils import add_fused_lm_head
+from transformers import default_data_collator
 
 from llmpost.losses.reweight import ReweightStrategy, reweighted_loss, sample_weights, weight_stat_tensors
-from llmpost.models import check_kernel_options
 from llmpost.ops import IGNORE_INDEX, token_logps
-from llmpost.trainers.metrics import flush_metrics
+from llmpost.trainers.base import LlmpostTrainer, TrainerConfig
 from llmpost.utils import StrEnum, parse_enum
 
 
@@ -53,7 +50,7 @@ class ReweightUnit(StrEnum):
 
 
 @dataclass
-class ReweightConfig(TrainingArguments):
+class ReweightConfig(TrainerConfig):
     """Training arguments plus the reweighting options (arXiv 2502.06733; authors' defaults where they exist)."""
 
     reweight_strategy: ReweightStrategy = field(default=ReweightStrategy.LINUPPER, metadata={
@@ -64,8 +61,6 @@ class ReweightConfig(TrainingArguments):
     reweight_warmup_steps: int = field(default=0, metadata={
         "help": "Uniform weights for the first this many optimizer steps (the authors' burnout_steps; their default 1000)."})
     reweight_unit: ReweightUnit = field(default=ReweightUnit.ROW, metadata={"help": "row | document (see the module docstring)."})
-    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: position_ids are used."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
 
     def __post_init__(self):
@@ -78,7 +73,6 @@ class ReweightConfig(TrainingArguments):
         if self.reweight_warmup_steps < 0:
             raise ValueError(f"reweight_warmup_steps: must be >= 0, got {self.reweight_warmup_steps}")
         super().__post_init__()
-        check_kernel_options(self)
 
 
 def sample_losses(logps: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,26 +98,17 @@ def document_segments(position_ids: torch.Tensor) -> torch.Tensor:
     return (starts.cumsum(-1) - 1)[:, 1:]
 
 
-class ReweightTrainer(Trainer):
+class ReweightTrainer(LlmpostTrainer):
     """Pretraining / continued pretraining with loss-based sample reweighting. ``train_dataset`` holds packed rows
     (``input_ids``, ``labels``, ``position_ids``), e.g. from :func:`llmpost.data.corpus.pack_documents`."""
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch loss; Trainer divides by GA steps
-
-    def __init__(self, model, args: ReweightConfig, train_dataset, processing_class=None, peft_config=None, **kwargs):
-        if args.fused_lm_head:
-            add_fused_lm_head(model)  # must precede PEFT wrapping
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+    def __init__(self, model, args: ReweightConfig, train_dataset, processing_class=None, peft_config=None,
+                 data_collator=default_data_collator, **kwargs):
         for col in ("input_ids", "labels", "position_ids"):
             if col not in train_dataset.column_names:
                 raise ValueError(f"ReweightTrainer: train_dataset lacks column {col!r} (use llmpost.data.corpus.pack_documents)")
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=kwargs.pop("data_collator", default_data_collator), **kwargs)  # fmt: skip
-        self.fused = args.fused_lm_head
-        self._metrics = defaultdict(list)
+        super().__init__(model, args, train_dataset, processing_class, data_collator=data_collator,
+                         peft_config=peft_config, **kwargs)
         self.last_weights: torch.Tensor | None = None  # the global weights of the last training micro-step
 
     def _forward(self, model, inputs) -> torch.Tensor:
@@ -166,12 +151,7 @@ class ReweightTrainer(Trainer):
             weights = sample_weights(gathered, args.reweight_strategy, args.reweight_temperature, args.reweight_delta)
         self.last_weights = weights
         local = weights[offset : offset + losses.numel()]
-        if args.logging_strategy != "no":
-            for key, value in weight_stat_tensors(weights, gathered).items():  # identical on every process; no sync
-                self._metrics[key].append(value.float())
+        if args.logging_strategy != "no":  # identical on every process; no sync
+            self.record_metrics(weight_stat_tensors(weights, gathered))
         loss = reweighted_loss(losses, local, self.accelerator.num_processes)
         return (loss, {"loss": loss}) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        flush_metrics(self.accelerator, self._metrics, logs)
-        super().log(logs, start_time)

@@ -1,5 +1,5 @@
-"""The SRPO trainer (Self-Improving Robust Preference Optimization, arXiv 2406.01660): a ``transformers.Trainer``
-subclass computing :func:`llmpost.losses.srpo.srpo_loss` (equations, sources and choices in ``srpo.py``).
+"""The SRPO trainer (Self-Improving Robust Preference Optimization, arXiv 2406.01660): a trainer on the shared base
+(:mod:`llmpost.trainers.base`) computing :func:`llmpost.losses.srpo.srpo_loss` (equations, sources and choices in ``srpo.py``).
 
 Per preference pair ``(x, y_w, y_l)`` the trainer scores six sequences (:data:`llmpost.trainers.srpo.SRPO_SEQUENCES`):
 ``y_w`` and ``y_l`` under the generation prompt (``prompt_template``), and ``y_w`` / ``y_l`` each under the revision
@@ -26,23 +26,19 @@ revision prompt prefers ``y_w`` over ``y_l`` whichever draft it holds).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import datasets
 import torch
-from transformers import Trainer, TrainingArguments
-from trl.trainer.utils import add_fused_lm_head
 
 from llmpost.data.collators import pad_examples
 from llmpost.data.preference import validate_preference_rows
 from llmpost.data.templates import PreferenceTemplates, tokenize_prompt_completion
 from llmpost.losses.srpo import srpo_terms
-from llmpost.models import check_kernel_options, pad_token_id
 from llmpost.ops import sequence_logps, token_logps
-from llmpost.trainers.metrics import check_finite_loss, flush_metrics
-from llmpost.trainers.reference import Reference, ReferenceMixin
-from llmpost.utils import parse_enum
+from llmpost.trainers.base import LlmpostTrainer, ReferenceConfig
+from llmpost.trainers.metrics import check_finite_loss
+from llmpost.trainers.reference import Reference
 
 SRPO_SEQUENCES = {
     "w": ("chosen", None), "l": ("rejected", None),
@@ -54,26 +50,17 @@ KEYS = tuple(SRPO_SEQUENCES)  # w, l, w_given_l, l_given_l, w_given_w, l_given_w
 
 
 @dataclass
-class SRPOConfig(TrainingArguments):
+class SRPOConfig(ReferenceConfig):
     """Training arguments for SRPO. ``beta`` and ``alpha`` are not fixed by the sources read here (the paper's text was
     not available; TRL PR 1772 takes both from the user): beta 0.1 is TRL DPO's default, alpha 0.5 weighs the
     self-improvement and generative losses equally."""
 
     beta: float = field(default=0.1, metadata={"help": "KL strength beta (> 0): the margins' targets are 1/2 and 1 over beta."})
     alpha: float = field(default=0.5, metadata={"help": "Weight of the self-improvement loss in [0, 1] (1 - alpha: the generative loss)."})
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens per prompt + completion (see tokenize_prompt_completion)."})
     max_prompt_length: int | None = field(default=None, metadata={"help": "Prompt tokens kept when truncating (default max_length // 2)."})
     length_normalize: bool = field(default=True, metadata={"help": "Divide each sequence's log-ratio by its completion tokens (as TRL's IPO; see the module docstring); false: sums."})
-    reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed | peft_base | model."})
-    ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model)."})
-    precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
-    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits)."})
-    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens (exact; see llmpost.ops.pack_padded)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: the six sequences' columns are used."})
 
     def __post_init__(self):
-        self.reference = parse_enum("reference", self.reference, Reference)
         if isinstance(self.beta, bool) or not self.beta > 0:
             raise ValueError(f"beta: must be > 0, got {self.beta}")
         if isinstance(self.alpha, bool) or not 0.0 <= self.alpha <= 1.0:
@@ -82,9 +69,7 @@ class SRPOConfig(TrainingArguments):
             raise ValueError(f"max_length: must be >= 2, got {self.max_length}")
         if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
             raise ValueError(f"max_prompt_length: must be in [1, max_length), got {self.max_prompt_length}")
-        self.remove_unused_columns = False
         super().__post_init__()
-        check_kernel_options(self)
 
 
 class _SRPOCollator:
@@ -117,31 +102,20 @@ def flatten_srpo(tokenized: datasets.Dataset) -> datasets.Dataset:
     return tokenized.map(explode, batched=True, remove_columns=tokenized.column_names, desc="Flattening SRPO sequences")
 
 
-class SRPOTrainer(ReferenceMixin, Trainer):
+class SRPOTrainer(LlmpostTrainer):
     """SRPO. ``train_dataset``: preference pairs with string columns ``prompt``, ``chosen``, ``rejected`` (TRL's
     format; validated, then tokenised here with ``templates``: the generation and revision prompts)."""
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+    collator = _SRPOCollator
 
     def __init__(self, model, args: SRPOConfig, train_dataset, processing_class, templates: PreferenceTemplates | None = None,
                  ref_model=None, peft_config=None, **kwargs):
-        if args.fused_lm_head:
-            add_fused_lm_head(model)  # must precede PEFT wrapping
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
         self.templates = templates or PreferenceTemplates()
         tokenized = tokenize_srpo(train_dataset, processing_class, self.templates, args.max_length, args.max_prompt_length)
-        pad_id = pad_token_id(processing_class)
-        super().__init__(model=model, args=args, train_dataset=tokenized, processing_class=processing_class,
-                         data_collator=_SRPOCollator(pad_id), **kwargs)
-        self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
-        self._metrics = defaultdict(list)
-        ref = self.reference = self.choose_reference(args.reference, ref_model is not None, needs_logits=False)
-        self.ref_model = self._prepare_ref_model(ref_model, args) if ref == Reference.MODEL else None
+        super().__init__(model, args, tokenized, processing_class, peft_config=peft_config, **kwargs)
+        ref = self.setup_reference(True, needs_logits=False, ref_model=ref_model)
         self.ref_logps = None
-        if ref == Reference.PRECOMPUTED:
+        if ref == Reference.PRECOMPUTED:  # after Trainer.__init__: the pass needs self.accelerator
             flat = flatten_srpo(tokenized)
             self.ref_logps = self.precompute_ref_logps(flat).view(len(tokenized), len(KEYS)).to(self.accelerator.device)
 
@@ -162,23 +136,16 @@ class SRPOTrainer(ReferenceMixin, Trainer):
                            args.beta, args.alpha)
         loss = terms["loss"].mean()
         check_finite_loss(self, loss)
-        if args.logging_strategy != "no":
-            chosen, rejected = args.beta * h["w"].detach(), args.beta * h["l"].detach()
-            metrics = {
-                "rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
-                "rewards/accuracies": (chosen > rejected).float(), "logps/chosen": seq[0].detach(),
-                "logps/rejected": seq[1].detach(), "srpo/self_loss": terms["self_loss"].detach(),
-                "srpo/gen_loss": terms["gen_loss"].detach(), "srpo/margin_given_l": terms["margin_given_l"].detach(),
-                "srpo/margin_given_w": terms["margin_given_w"].detach(), "srpo/margin_gen": terms["margin_gen"].detach(),
-                "srpo/revision_accuracy": ((terms["margin_given_l"] > 0).float() + (terms["margin_given_w"] > 0).float()).detach() / 2,
-            }
-            for key, value in metrics.items():
-                self._metrics[key].append(value.float().mean())
+        chosen, rejected = args.beta * h["w"].detach(), args.beta * h["l"].detach()
+        self.record_metrics({
+            "rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+            "rewards/accuracies": (chosen > rejected).float(), "logps/chosen": seq[0], "logps/rejected": seq[1],
+            "srpo/self_loss": terms["self_loss"], "srpo/gen_loss": terms["gen_loss"],
+            "srpo/margin_given_l": terms["margin_given_l"], "srpo/margin_given_w": terms["margin_given_w"],
+            "srpo/margin_gen": terms["margin_gen"],
+            "srpo/revision_accuracy": ((terms["margin_given_l"] > 0).float() + (terms["margin_given_w"] > 0).float()) / 2,
+        })
         return loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        flush_metrics(self.accelerator, self._metrics, logs)
-        super().log(logs, start_time)
 
 
 # SRPO's six sequences per pair: (target completion, completion in the revision prompt or None for the generation prompt)

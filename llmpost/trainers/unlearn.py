@@ -2,9 +2,8 @@
 
 Each method is a pure per-example loss in its own file (``grad_diff.py``, ``npo.py``, ``simnpo.py``, ``flat.py``,
 ``dpo.py``); this file holds
-the :class:`UnlearnConfig` (a ``transformers.TrainingArguments``), the :class:`UnlearnMethod` dispatch and the
-:class:`UnlearnTrainer`, a thin ``transformers.Trainer`` subclass (TRL has no unlearning trainer to extend; we reuse
-TRL's fused LM head, PEFT adapter switching and DeepSpeed inference-engine helpers).
+the :class:`UnlearnConfig`, the :class:`UnlearnMethod` dispatch and the :class:`UnlearnTrainer`, on the shared base
+(:mod:`llmpost.trainers.base`; TRL has no unlearning trainer to extend).
 
 Objective, per batch of ``B`` forget examples each paired with one retain example (and, for FLAT and IdkDPO, one
 template answer such as "I don't know" to the forget row's question):
@@ -29,12 +28,9 @@ the answer positions, no ``(B, T, V)`` logits), ``padding_free`` (the forward se
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
-from trl.trainer.utils import add_fused_lm_head
 
 from llmpost.data.collators import ForgetRetainCollator
 from llmpost.epochs import EpochCallback
@@ -43,10 +39,10 @@ from llmpost.losses.flat import FDivergence, flat_batch_loss, flat_loss
 from llmpost.losses.grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
 from llmpost.losses.npo import npo_loss
 from llmpost.losses.simnpo import simnpo_loss
-from llmpost.models import check_kernel_options, pad_token_id
 from llmpost.ops import masked_mean, sequence_logps, shift_labels, token_logps
-from llmpost.trainers.metrics import NonFiniteLossError, check_finite_loss, flush_metrics  # noqa: F401 (re-exported)
-from llmpost.trainers.reference import Reference, ReferenceMixin
+from llmpost.trainers.base import LlmpostTrainer, ReferenceConfig
+from llmpost.trainers.metrics import NonFiniteLossError, check_finite_loss  # noqa: F401 (re-exported)
+from llmpost.trainers.reference import Reference
 from llmpost.utils import StrEnum, parse_enum
 
 
@@ -81,7 +77,7 @@ def uses_retain(args) -> bool:
 
 
 @dataclass
-class UnlearnConfig(TrainingArguments):
+class UnlearnConfig(ReferenceConfig):
     """Training arguments for the unlearning methods. Defaults are NPO's TOFU setup (arXiv 2404.05868, Sec. 5)."""
 
     method: UnlearnMethod = field(default=UnlearnMethod.NPO, metadata={"help": f"One of {[m.value for m in UnlearnMethod]}."})
@@ -93,74 +89,48 @@ class UnlearnConfig(TrainingArguments):
     simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
     flat_divergence: FDivergence = field(default=FDivergence.KL, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (KL: the variant later papers compare against)."})
     flat_reduction: FlatReduction = field(default=FlatReduction.EXAMPLE, metadata={"help": "FLAT: 'example' (per-example, batch-split invariant) or 'batch' (the authors' batch-mean probabilities)."})
-    reference: Reference = field(default=Reference.AUTO, metadata={"help": "auto | precomputed | peft_base | model."})
-    ref_model_name_or_path: str | None = field(default=None, metadata={"help": "Reference for reference=model (default: the starting model)."})
-    precompute_ref_batch_size: int | None = field(default=None, metadata={"help": "Batch size of the reference pass (default: per_device_eval_batch_size)."})
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens per question+answer (longer rows are truncated)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub (as in TRL's configs)."})
-    fused_lm_head: bool = field(default=True, metadata={"help": "Use TRL's fused LM head (no full logits) where possible."})
-    padding_free: bool = field(default=False, metadata={"help": "Forward only the real tokens: the sequences of a batch laid end to end with restarting position_ids (exact; fastest with a flash-attention implementation, see llmpost.ops.pack_padded)."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: items are nested forget/retain dicts."})
 
     def __post_init__(self):
-        for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("reference", Reference),
-                           ("flat_divergence", FDivergence), ("flat_reduction", FlatReduction)):
+        for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("flat_divergence", FDivergence),
+                           ("flat_reduction", FlatReduction)):
             setattr(self, name, parse_enum(name, getattr(self, name), enum))
         for name in ("beta", "simnpo_beta"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if self.max_length <= 0:
-            raise ValueError(f"max_length: must be > 0, got {self.max_length}")
         for name in ("gamma", "alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.reference == Reference.PRECOMPUTED and self.retain_loss == RetainLoss.KL and self.method in _HAS_RETAIN:
+        if self.reference == Reference.PRECOMPUTED and self.needs_ref_logits:
             raise ValueError("reference: 'precomputed' cannot serve retain_loss 'kl' (it needs reference logits); use 'model' or 'peft_base'")
-        self.remove_unused_columns = False
         super().__post_init__()
-        check_kernel_options(self)
+
+    @property
+    def needs_ref_logits(self) -> bool:
+        """The retain KL: full-vocabulary reference logits at every step."""
+        return self.method in _HAS_RETAIN and self.retain_loss == RetainLoss.KL
 
 
-class UnlearnTrainer(ReferenceMixin, Trainer):
+class UnlearnTrainer(LlmpostTrainer):
     """Unlearning trainer. ``train_dataset`` is a :class:`llmpost.data.unlearn.ForgetRetainDataset` of tokenised rows
     (``input_ids``, ``labels``, ``attention_mask``, ``index``)."""
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by GA steps
+    collator = ForgetRetainCollator
 
     def __init__(self, model, args: UnlearnConfig, train_dataset, processing_class, ref_model=None, peft_config=None, **kwargs):
-        if args.fused_lm_head:
-            add_fused_lm_head(model)  # must precede PEFT wrapping
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-        pad_id = pad_token_id(processing_class)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         data_collator=ForgetRetainCollator(pad_id), **kwargs)
-        self.pad_id, self.fused, self.padding_free = pad_id, args.fused_lm_head, args.padding_free
-        self.add_callback(EpochCallback())  # the forget/retain pairing depends on the epoch, also after a resume
-        self._metrics = defaultdict(list)
-        self.reference = self._resolve_reference(args, ref_model is not None)
-        self.ref_model = None
-        if self.reference == Reference.MODEL:
-            self.ref_model = self._prepare_ref_model(ref_model, args)
         if args.method in NEEDS_TEMPLATES and getattr(train_dataset, "templates", None) is None:
             raise ValueError(f"method {args.method.value!r} needs template answers (ForgetRetainDataset(templates=...)), "
                              "e.g. TOFU's idontknow.jsonl: set template_answers_path")
+        super().__init__(model, args, train_dataset, processing_class, peft_config=peft_config, **kwargs)
+        self.add_callback(EpochCallback())  # the forget/retain pairing depends on the epoch, also after a resume
+        needs_logits = args.needs_ref_logits
+        reference = self.setup_reference(needs_logits or args.method in _NEEDS_REF_LOGPS, needs_logits, ref_model)
         self.ref_forget_logps = self.ref_template_logps = None
-        if self.reference == Reference.PRECOMPUTED:
+        if reference == Reference.PRECOMPUTED:  # after Trainer.__init__: the pass needs self.accelerator
             self.ref_forget_logps = self.precompute_ref_logps(train_dataset.forget).to(self.accelerator.device)
             if args.method == UnlearnMethod.IDK_DPO:
                 self.ref_template_logps = self._precompute_template_ref(train_dataset).to(self.accelerator.device)
 
     # ----- reference -------------------------------------------------------------------------------------------------
-    def _resolve_reference(self, args: UnlearnConfig, have_ref_model: bool) -> Reference | None:
-        needs_logits = args.method in _HAS_RETAIN and args.retain_loss == RetainLoss.KL
-        needs_logps = args.method in _NEEDS_REF_LOGPS
-        if not (needs_logits or needs_logps):
-            return None
-        return self.choose_reference(args.reference, have_ref_model, needs_logits)
-
     def planned_epochs(self, num_rows: int) -> int:
         """How many epochs (started ones included) training will run: at least the trainer's own count."""
         args = self.args
@@ -235,9 +205,7 @@ class UnlearnTrainer(ReferenceMixin, Trainer):
             loss = loss + args.alpha * retain.mean()
             metrics["retain_loss"] = retain.detach()
         check_finite_loss(self, loss)
-        if self.args.logging_strategy != "no":
-            for key, value in metrics.items():  # kept on device; gathered across processes once per logging step
-                self._metrics[key].append(value.float().mean())
+        self.record_metrics(metrics)
         return loss
 
     def _ref_logps(self, inputs, part: str) -> torch.Tensor:
@@ -260,11 +228,6 @@ class UnlearnTrainer(ReferenceMixin, Trainer):
         with torch.no_grad(), self._reference_ctx() as ref:
             ref_logits = ref(**kw).logits[:, :-1]
         return retain_kl_loss(logits, ref_logits, mask)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        flush_metrics(self.accelerator, self._metrics, logs)
-        super().log(logs, start_time)
-
 
 
 def _concat_padded(parts, pad_id):
