@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmpost.utils import OutputDirError, check_output_dir
+from llmpost.utils import OutputDirError, atomic_write_text, check_output_dir
 
 
 class CliError(ValueError):
@@ -142,3 +143,32 @@ def parse_runs(specs: list[str]) -> dict[str, str]:
             raise CliError(f"--run expects NAME=EVAL_DIR, got {spec!r}")
         runs[name] = path
     return runs
+
+
+def add_report_parser(report_parsers, name: str, *, help: str, description: str, summary_file: str, make_table,
+                      plot_help: str | None = None) -> argparse.ArgumentParser:
+    """Add ``llmpost report <name>``: ``--run NAME=EVAL_DIR`` (repeated, in order), ``--output`` and, with
+    ``plot_help``, ``--plot``. ``make_table(runs, ns)`` returns the table text (``runs``: name -> directory); a
+    missing ``summary_file`` is reported as a :class:`CliError`. Returns the parser, for a benchmark's own flags."""
+    parser = report_parsers.add_parser(name, help=help, description=description)
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
+                        help=f"A run: its name and the directory holding its {summary_file} (repeat, in order).")
+    if plot_help:
+        parser.add_argument("--plot", default=None, help=plot_help)
+    parser.add_argument("--output", default=None, help="Also write the table to this text file.")
+    parser.set_defaults(func=functools.partial(run_report, make_table=make_table))
+    return parser
+
+
+def run_report(ns: argparse.Namespace, make_table) -> int:
+    """Print the table of ``llmpost report <name>`` (and where its plot went); also write it to ``--output``."""
+    try:
+        table = make_table(parse_runs(ns.run), ns)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from e
+    print(table)
+    if getattr(ns, "plot", None):
+        print(f"\nPlot: {ns.plot}")
+    if ns.output:
+        atomic_write_text(ns.output, table + "\n")
+    return 0

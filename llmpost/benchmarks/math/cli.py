@@ -19,9 +19,9 @@ from llmpost.benchmarks.args import (
     CliError,
     EvalArgs,
     add_dataclass_args,
+    add_report_parser,
     check_results_dir,
     load_model_and_tokenizer,
-    parse_runs,
     validate_eval_args,
 )
 from llmpost.benchmarks.math.data import MathTemplateArgs
@@ -108,21 +108,10 @@ def run_eval_math(ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_report_math(ns: argparse.Namespace) -> int:
-    """``llmpost report math``: a pass@k table of several evaluated runs and a pass@k-vs-k plot."""
+def _report_table(runs: dict[str, str], ns: argparse.Namespace) -> str:
     from llmpost.benchmarks.math.report import math_report
-    from llmpost.utils import atomic_write_text
 
-    try:
-        table = math_report(parse_runs(ns.run), ns.plot)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from e
-    print(table)
-    if ns.plot:
-        print(f"\nPlot: {ns.plot}")
-    if ns.output:
-        atomic_write_text(ns.output, table + "\n")
-    return 0
+    return math_report(runs, ns.plot)
 
 
 def register(benchmarks, report_benchmarks) -> None:
@@ -136,12 +125,8 @@ def register(benchmarks, report_benchmarks) -> None:
     template_flags = tuple(f.name for f in dataclasses.fields(MathTemplateArgs) if f.name != "apply_chat_template")
     add_dataclass_args(math.add_argument_group("prompt template"), MathTemplateArgs, unescape=template_flags)
     math.set_defaults(func=run_eval_math)
-    rmath = report_benchmarks.add_parser(
-        "math", help="pass@k table and curves of MATH runs.",
+    add_report_parser(
+        report_benchmarks, "math", help="pass@k table and curves of MATH runs.", summary_file="MATH_SUMMARY.json",
         description="Print pass@k of each run for every k they share; plot pass@k against k.",
+        plot_help="Write a PNG of pass@k against k here.", make_table=_report_table,
     )
-    rmath.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
-                       help="A run: its name and the directory holding its MATH_SUMMARY.json (repeat, in order).")
-    rmath.add_argument("--plot", default=None, help="Write a PNG of pass@k against k here.")
-    rmath.add_argument("--output", default=None, help="Also write the table to this text file.")
-    rmath.set_defaults(func=run_report_math)

@@ -12,9 +12,9 @@ from llmpost.benchmarks.args import (
     CliError,
     EvalArgs,
     add_dataclass_args,
+    add_report_parser,
     check_results_dir,
     load_model_and_tokenizer,
-    parse_runs,
     validate_eval_args,
 )
 
@@ -76,19 +76,11 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_report_muse(ns: argparse.Namespace) -> int:
-    """``llmpost report muse``: a table of several evaluated runs (rows: the MUSE summary keys)."""
+def _report_table(runs: dict[str, str], ns: argparse.Namespace) -> str:
     from llmpost.benchmarks.muse.report import muse_report
-    from llmpost.utils import atomic_write_text
 
-    try:
-        table = muse_report(parse_runs(ns.run))
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from e
-    print(table)
-    if ns.output:
-        atomic_write_text(ns.output, table + "\n")
-    return 0
+    return muse_report(runs)
+
 
 def register(benchmarks, report_benchmarks) -> None:
     """Register ``llmpost eval muse`` and ``llmpost report muse`` (called by :func:`llmpost.cli.build_parser`)."""
@@ -99,11 +91,7 @@ def register(benchmarks, report_benchmarks) -> None:
     )
     add_dataclass_args(muse, MuseEvalArgs, required=("model_name_or_path", "output_dir"))
     muse.set_defaults(func=run_eval_muse)
-    rmuse = report_benchmarks.add_parser(
-        "muse", help="Table of MUSE runs.",
-        description="Print the VerbMem / KnowMem ROUGE, privleak and its AUC of each run.",
+    add_report_parser(
+        report_benchmarks, "muse", help="Table of MUSE runs.", summary_file="MUSE_SUMMARY.json",
+        description="Print the VerbMem / KnowMem ROUGE, privleak and its AUC of each run.", make_table=_report_table,
     )
-    rmuse.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
-                       help="A run: its name and the directory holding its MUSE_SUMMARY.json (repeat, in order).")
-    rmuse.add_argument("--output", default=None, help="Also write the table to this text file.")
-    rmuse.set_defaults(func=run_report_muse)

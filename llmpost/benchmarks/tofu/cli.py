@@ -12,9 +12,9 @@ from llmpost.benchmarks.args import (
     CliError,
     EvalArgs,
     add_dataclass_args,
+    add_report_parser,
     check_results_dir,
     load_model_and_tokenizer,
-    parse_runs,
     validate_eval_args,
 )
 from llmpost.data.templates import TemplateArgs
@@ -78,21 +78,11 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_report_tofu(ns: argparse.Namespace) -> int:
-    """``llmpost report tofu``: a table of several evaluated runs and a forget-quality vs model-utility plot."""
+def _report_table(runs: dict[str, str], ns: argparse.Namespace) -> str:
     from llmpost.benchmarks.tofu.report import tofu_report
-    from llmpost.utils import atomic_write_text
 
-    try:
-        table = tofu_report(parse_runs(ns.run), ns.retain_logs_path, ns.plot)
-    except FileNotFoundError as e:
-        raise CliError(str(e)) from e
-    print(table)
-    if ns.plot:
-        print(f"\nPlot: {ns.plot}")
-    if ns.output:
-        atomic_write_text(ns.output, table + "\n")
-    return 0
+    return tofu_report(runs, ns.retain_logs_path, ns.plot)
+
 
 def register(benchmarks, report_benchmarks) -> None:
     """Register ``llmpost eval tofu`` and ``llmpost report tofu`` (called by :func:`llmpost.cli.build_parser`)."""
@@ -106,14 +96,10 @@ def register(benchmarks, report_benchmarks) -> None:
     add_dataclass_args(tofu.add_argument_group("prompt template"), TemplateArgs, unescape=template_flags)
     tofu.set_defaults(func=run_eval_tofu)
 
-    rtofu = report_benchmarks.add_parser(
-        "tofu", help="Table and plot of TOFU runs.",
+    rtofu = add_report_parser(
+        report_benchmarks, "tofu", help="Table and plot of TOFU runs.", summary_file="TOFU_SUMMARY.json",
         description="Print forget_quality, model_utility, forget/retain probabilities and truth ratio per run; "
         "fill in forget_quality from --retain_logs_path where a run lacks it; plot forget quality vs model utility.",
+        plot_help="Write a PNG of forget quality vs model utility here.", make_table=_report_table,
     )
-    rtofu.add_argument("--run", action="append", required=True, metavar="NAME=EVAL_DIR",
-                       help="A run: its name and the directory holding its TOFU_SUMMARY.json (repeat, in order).")
     rtofu.add_argument("--retain_logs_path", default=None, help="The retain model's TOFU_EVAL.json.")
-    rtofu.add_argument("--plot", default=None, help="Write a PNG of forget quality vs model utility here.")
-    rtofu.add_argument("--output", default=None, help="Also write the table to this text file.")
-    rtofu.set_defaults(func=run_report_tofu)
