@@ -13,6 +13,7 @@ Example (offline, base-model template)::
     llmpost report muse --run target=out/target/eval --run npo=out/npo_muse/eval
     llmpost eval math --model_name_or_path out/dco_math --data_file ../shared/data/math/math500_test.jsonl \\
         --num_samples 16 --output_dir out/dco_math/eval_math          (flags: llmpost.benchmarks.math.cli)
+    llmpost eval verifier --data_file ../shared/data/tinyv/HardVerify-Math.json --output_dir out/verifier_eval
 
 Bad input (a missing model path, split file or retain log, an unknown flag, an output directory that already holds
 results) stops with a message naming it and exit status 2, before anything is written. Template strings and stop words
@@ -30,7 +31,7 @@ from llmpost.benchmarks.args import CliError
 from llmpost.utils import DataError, RetainLogError
 
 # The benchmark packages with ``llmpost eval`` / ``llmpost report`` subcommands, in the order ``--help`` lists them.
-BENCHMARKS = ("tofu", "muse", "math")
+BENCHMARKS = ("tofu", "muse", "math", "verifier")
 
 
 def build_parser() -> argparse.ArgumentParser:

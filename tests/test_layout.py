@@ -41,7 +41,7 @@ RANK = {group: rank for rank, groups in LAYERS.items() for group in groups}
 SAME_RANK_ALLOWED = {
     "config": {"utils", "models"}, "models": {"utils"}, "ops": set(), "utils": set(), "epochs": set(),
     "losses": set(), "grading": set(), "data": set(), "generation": {"data"},
-    "eval": {"data", "generation", "grading"}, "rewards": {"grading", "losses"},
+    "eval": {"data", "generation", "grading"}, "rewards": {"generation", "grading", "losses"},
     "trainers": set(), "benchmarks": set(),
     "pipeline": set(), "report": set(), "runner": set(),
     "cli": set(),
