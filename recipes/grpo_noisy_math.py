@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
-from llmpost.benchmarks.math.data import MathArguments, grpo_prompts
+from llmpost.benchmarks.math.data import MathArguments, drop_long_prompts, grpo_prompts
 from llmpost.benchmarks.math.recipe import HeldOutMathCallback, math_evaluator
 from llmpost.config import check_launch, parse_config, run_main
 from llmpost.losses.noisy_grpo import NoiseRates
@@ -107,6 +107,8 @@ def build(argv=None, trainer_cls=None):
     evaluate = math_evaluator(data_args)  # loads the test problems now: a bad file stops before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     train = grpo_prompts(data_args.problems("train"), data_args)
+    if data_args.max_prompt_tokens:  # TRL 1.16 has no prompt length limit of its own
+        train = drop_long_prompts(train, tokenizer, data_args, data_args.max_prompt_tokens)
     model = load_model(model_args, args.trust_remote_code)
     trainer = trainer_cls(
         model, reward_funcs=build_reward(reward_args), args=args, train_dataset=train, processing_class=tokenizer,

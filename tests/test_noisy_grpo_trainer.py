@@ -245,3 +245,52 @@ def test_yaml_error_names_key_and_file(tmp_path):
     cfg.write_text("correction: sideways\n")
     with pytest.raises(ValueError, match="correction"):
         recipe.build(["--config", str(cfg), "--output_dir", str(tmp_path / "o")])
+
+
+# ------------------------------------------------- scripts/compare_noisy_grpo.py: each correction vs its matched control
+_cspec = importlib.util.spec_from_file_location("compare_noisy_grpo", ROOT / "scripts" / "compare_noisy_grpo.py")
+compare = importlib.util.module_from_spec(_cspec)
+_cspec.loader.exec_module(compare)
+
+
+def test_every_shipped_correction_has_a_matched_control():
+    """B.5: every correcting config of configs/grpo_noisy_math/ is paired with an uncorrected one through the same
+    advantage path, and the pairs check out key by key."""
+    from llmpost.config import load_yaml
+
+    for prefix, pairs in (("tiny_", compare.MATCHED_CONTROL), ("math_", compare.MATH_MATCHED_CONTROL)):
+        correcting = {p.stem[len(prefix):] for p in compare.CONFIGS.glob(f"{prefix}*.yaml")
+                      if p.stem != "tiny_sft" and load_yaml(str(p)).get("correction", "none") != "none"}
+        assert correcting == set(pairs), prefix
+        assert compare.check_pairs(pairs, prefix) == pairs
+
+
+def test_matched_control_mismatches_by_hand():
+    corrected = {"correction": "backward", "baseline": "loo", "scale_mode": "fixed", "advantage_norm": "none",
+                 "rho0": 0.1, "rho1": 0.2, "appeals_fraction": 0.1, "output_dir": "a", "seed": 1}
+    control = {**corrected, "correction": "none", "output_dir": "b", "rho1": 0.0, "appeals_fraction": 0.0}
+    assert compare.matched_control_mismatches(corrected, control) == []  # rates cannot reach the control's advantages
+    assert compare.matched_control_mismatches(corrected, {**control, "baseline": "zero", "seed": 2}) == ["baseline",
+                                                                                                         "seed"]
+    rate_scaled = {**corrected, "scale_mode": "kappa"}  # s = 1 - rho0 - rho1: the rates and appeals now matter
+    assert compare.matched_control_mismatches(rate_scaled, {**control, "scale_mode": "kappa"}) == [
+        "appeals_fraction", "rho1"]
+    assert compare.matched_control_mismatches(corrected, {k: v for k, v in control.items() if k != "seed"}) == ["seed"]
+    with pytest.raises(ValueError, match="must correct"):
+        compare.check_pairs({"uncorrected": "uncorrected"}, "tiny_")
+    with pytest.raises(ValueError, match=r"not the matched control of tiny_backward_loo.yaml: \['baseline'\]"):
+        compare.check_pairs({"backward_loo": "uncorrected"}, "tiny_")
+
+
+def test_comparison_plan_adds_the_controls_and_dry_runs(capsys):
+    assert compare.plan_modes(["backward_loo", "forward", "forward_appeals", "clean"]) == [
+        "backward_loo", "uncorrected_loo", "forward", "uncorrected", "forward_appeals", "clean"]
+    compare.main(["--dry_run", "--modes", "backward_loo", "--seeds", "0"])
+    out = capsys.readouterr().out
+    assert "runs: backward_loo (seeds [0]), uncorrected_loo (seeds [0])" in out
+    assert "pair: tiny_backward_loo.yaml vs its matched control tiny_uncorrected_loo.yaml" in out
+    diffs = compare.paired_differences([{"clean_reward_end": 0.5, "heldout_pass@1_end": 0.3}] * 2,
+                                       [{"clean_reward_end": 0.4, "heldout_pass@1_end": 0.1},
+                                        {"clean_reward_end": 0.2, "heldout_pass@1_end": 0.3}])
+    assert diffs["clean_reward_end_minus_control"] == pytest.approx((0.2, 0.1))  # diffs 0.1, 0.3: mean 0.2, s.e. 0.1
+    assert diffs["heldout_pass@1_end_minus_control"] == pytest.approx((0.1, 0.1))
