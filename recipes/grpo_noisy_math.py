@@ -10,7 +10,9 @@ Launch (any scale; the accelerate config alone sets it):
 The reward is ``verifier`` (rule_based | math_verify) on each completion against the row's gold ``answer``, seen through
 ``NoisyVerifier(noise_rho0, noise_rho1, noise_seed)`` when a noise rate is > 0 (controlled experiments; 0/0 gives the
 clean verifier). ``rho0``/``rho1`` are the rates the *correction* assumes; ``appeals_fraction > 0`` re-checks that
-fraction of negatives with ``appeal_verifier`` and feeds the online rho1^ to the forward correction. Writes the model
+fraction of negatives with ``appeal_verifier`` and feeds the online rho1^ to the forward correction. Corrected runs log
+the audit against their matched control (``noisy/audit_*``; docs/noisy_grpo.md). ``max_prompt_tokens`` drops longer
+training prompts (the paper's 512, configs/grpo_noisy_math.yaml). Writes the model
 to ``output_dir`` with its log history (``log_history.json``: ``noisy/*`` every logging step, and
 ``heldout/pass@1`` every ``heldout_eval_steps``) and, when ``eval_after_training``, ``output_dir/eval/MATH_EVAL.json``
 + ``MATH_SUMMARY.json``.

@@ -179,7 +179,7 @@ def test_appeals_estimate_only_or_recover(tmp_path, recover):
     """E.1 (default): the overturned verdicts only feed rho1^, the advantages stay those of R~; appeals_recover (Table
     4's caption): they count as 1. The paper's estimator with q = 1 and every negative overturned:
     rho1^ = (N + 1e-5) / (N + P + 2e-5)."""
-    extra = ["--correction", "none", "--baseline", "zero", "--appeals_fraction", "1.0"]
+    extra = ["--correction", "none", "--baseline", "zero", "--appeals_fraction", "1.0", "--appeals_estimator", "paper"]
     trainer, _ = recipe.build([*BASE, "--max_steps", "1", *extra, "--appeals_recover", str(recover).lower(),
                                "--output_dir", str(tmp_path)], AlwaysOverturn)
     trainer.train()
