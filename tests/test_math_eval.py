@@ -188,8 +188,13 @@ def test_problem_template_e1_and_prompt_length_filter(tokenizer):
 
     import datasets
 
-    from llmpost.benchmarks.math.data import (MathArguments, MathTemplateArgs, drop_long_prompts, grpo_prompts,
-                                              math_prompts)
+    from llmpost.benchmarks.math.data import (
+        MathArguments,
+        MathTemplateArgs,
+        drop_long_prompts,
+        grpo_prompts,
+        math_prompts,
+    )
 
     rows = arithmetic_problems("test", 3)
     chat_tok = copy.deepcopy(tokenizer)

@@ -45,7 +45,7 @@ import torch
 
 from llmpost.utils import StrEnum, check_rate
 
-__all__ = ["AdvantageNorm", "Correction", "NoiseRates", "ScaleMode", "advantage_audit", "advantages",
+__all__ = ["RATE_SCALES", "AdvantageNorm", "Correction", "NoiseRates", "ScaleMode", "advantage_audit", "advantages",
            "backward_corrected_reward", "channel_scale", "corrected_scores", "forward_correction_weight",
            "leave_one_out_baseline"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from llmpost.data.files import load_jsonl
-from llmpost.data.templates import TemplateArgs, chat_messages, wrap_question, encode_prompt, encode_qa
+from llmpost.data.templates import TemplateArgs, chat_messages, encode_prompt, encode_qa, wrap_question
 from llmpost.utils import DataError, StrEnum, parse_enum
 
 logger = logging.getLogger(__name__)
