@@ -10,7 +10,9 @@ Launch (any scale; the accelerate config alone sets it):
 The reward is ``verifier`` (rule_based | math_verify) on each completion against the row's gold ``answer``, seen through
 ``NoisyVerifier(noise_rho0, noise_rho1, noise_seed)`` when a noise rate is > 0 (controlled experiments; 0/0 gives the
 clean verifier). ``rho0``/``rho1`` are the rates the *correction* assumes; ``appeals_fraction > 0`` re-checks that
-fraction of negatives with ``appeal_verifier`` and feeds the online rho1^ to the forward correction. Writes the model
+fraction of negatives with ``appeal_verifier`` and feeds the online rho1^ to the forward correction. Corrected runs log
+the audit against their matched control (``noisy/audit_*``; docs/noisy_grpo.md). ``max_prompt_tokens`` drops longer
+training prompts (the paper's 512, configs/grpo_noisy_math.yaml). Writes the model
 to ``output_dir`` with its log history (``log_history.json``: ``noisy/*`` every logging step, and
 ``heldout/pass@1`` every ``heldout_eval_steps``) and, when ``eval_after_training``, ``output_dir/eval/MATH_EVAL.json``
 + ``MATH_SUMMARY.json``.
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
-from llmpost.benchmarks.math.data import MathArguments, grpo_prompts
+from llmpost.benchmarks.math.data import MathArguments, drop_long_prompts, grpo_prompts
 from llmpost.benchmarks.math.evaluate import MathEvalSettings
 from llmpost.benchmarks.math.recipe import HeldOutMathCallback, math_evaluator
 from llmpost.config import check_launch, parse_config, run_main
@@ -108,6 +110,8 @@ def build(argv=None, trainer_cls=None):
     evaluate = math_evaluator(data_args)  # loads the test problems now: a bad file stops before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     train = grpo_prompts(data_args.problems("train"), data_args)
+    if data_args.max_prompt_tokens:  # TRL 1.16 has no prompt length limit of its own
+        train = drop_long_prompts(train, tokenizer, data_args, data_args.max_prompt_tokens)
     model = load_model(model_args, args.trust_remote_code)
     trainer = trainer_cls(
         model, reward_funcs=build_reward(reward_args), args=args, train_dataset=train, processing_class=tokenizer,

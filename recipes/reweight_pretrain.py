@@ -1,5 +1,5 @@
 """Pretrain (or continue pretraining) a causal LM with dynamic loss-based sample reweighting (arXiv 2502.06733):
-``reweight_strategy`` linupper | quadratic | extremes, or uniform (the plain-mean baseline).
+``reweight_strategy`` linupper | upper | quadratic | extremes, or uniform (the plain-mean baseline).
 
 Launch (any scale; the accelerate config alone sets it):
 

@@ -53,6 +53,16 @@ def test_weight_limits_and_shape():
     assert dco_weight(3, torch.tensor(0.5)).item() == pytest.approx(3 * 0.5 * 0.25 / (1 - 0.125), rel=1e-14)
 
 
+@pytest.mark.parametrize("p", [0.999999, np.float64(0.999999), [0.999999], np.array([0.999999])])
+def test_weight_keeps_float64_precision_of_python_and_numpy_probabilities(p):
+    # issue 17: a Python float used to become a float32 tensor first (1 - p lost its digits: 1.95e-89, not 1.60e-89)
+    exact = _exact(16, 0.999999)  # 1.5999984e-89 (mpmath, 60 digits)
+    got = dco_weight(16, p)
+    assert got.dtype == torch.float64
+    assert float(abs(got.reshape(-1)[0].item() - exact) / exact) < 1e-9  # the float64 promise, from a float too
+    assert dco_weight(16, 0.999999).item() == pytest.approx(1.5999984e-89, rel=1e-7)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_weight_rejects_bad_n(bad):
     with pytest.raises(ValueError, match="N must be an integer >= 1"):

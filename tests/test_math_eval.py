@@ -177,3 +177,45 @@ def test_prompts_base_and_chat_template(tokenizer):
     tokenized = tokenize_math(datasets.Dataset.from_list(rows), tokenizer, MathTemplateArgs(), "direct", 128)
     labels = [t for t in tokenized[0]["labels"] if t != -100]
     assert tokenizer.decode(labels, skip_special_tokens=True).strip() == "$49$" and labels[-1] == tokenizer.eos_token_id
+
+
+E1 = ("{problem}\nLet's think step by step and enclose the reasoning process within <think> and </think> tags.\n"
+      "The final result in the answer MUST BE within \\boxed{}.")  # arXiv 2510.00915, E.1 (configs/grpo_noisy_math.yaml)
+
+
+def test_problem_template_e1_and_prompt_length_filter(tokenizer):
+    import copy
+
+    import datasets
+
+    from llmpost.benchmarks.math.data import (
+        MathArguments,
+        MathTemplateArgs,
+        drop_long_prompts,
+        grpo_prompts,
+        math_prompts,
+    )
+
+    rows = arithmetic_problems("test", 3)
+    chat_tok = copy.deepcopy(tokenizer)
+    chat_tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}<assistant>{% endif %}")  # fmt: skip
+    chat = MathTemplateArgs(apply_chat_template=True, problem_template=E1)  # one user turn, no system prompt (E.1)
+    expected = ("<user>What is 21 + 28?\nLet's think step by step and enclose the reasoning process within <think> "
+                "and </think> tags.\nThe final result in the answer MUST BE within \\boxed{}.\n<assistant>")
+    assert chat_tok.decode(math_prompts(rows, chat_tok, chat, 512)[0], skip_special_tokens=True) == expected
+    train = grpo_prompts(datasets.Dataset.from_list(rows), chat)  # GRPO (TRL applies the chat template itself)
+    assert train[0]["prompt"] == [{"role": "user", "content": E1.replace("{problem}", "What is 21 + 28?")}]
+    lengths = [len(ids) for ids in math_prompts(rows, chat_tok, chat, 512)]
+    kept = drop_long_prompts(train, chat_tok, chat, max(lengths) - 1)  # drops exactly the longest prompt(s)
+    assert len(kept) == sum(n <= max(lengths) - 1 for n in lengths) < len(rows)
+    assert len(drop_long_prompts(train, chat_tok, chat, max(lengths))) == len(rows)
+    with pytest.raises(Exception, match="every training prompt is longer"):
+        drop_long_prompts(train, chat_tok, chat, 1)
+    base = MathTemplateArgs(problem_template="Q: {problem} (think)")
+    assert grpo_prompts(datasets.Dataset.from_list(rows), base)[0]["prompt"] == \
+        "Problem: Q: What is 21 + 28? (think)\nGive the final answer in \\boxed{}.\nSolution: "
+    with pytest.raises(ValueError, match="problem_template"):
+        MathTemplateArgs(problem_template="no placeholder")
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        MathArguments(max_prompt_tokens=0)

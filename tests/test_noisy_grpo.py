@@ -1,5 +1,6 @@
-"""Noisy-verifier corrections (arXiv 2510.00915, issue 7 sections 1-3): noise channel, PGBC/PGFC, advantage
-normalisation, verifiers and the appeals estimator. Pure (no model), fixed seeds.
+"""Noisy-verifier corrections (arXiv 2510.00915; issue 7 sections 1-3, issue 17 section 1): noise channel, PGBC/PGFC,
+the leave-one-out baseline, the PGFC scales, advantage normalisation, the matched-control audit, verifiers and the
+appeals estimators (the paper's and the pooled one). Pure (no model), fixed seeds.
 
 Statistical tests assert a sample mean lies within Z = 5 standard errors of its derived expectation, the standard
 error computed here from the same sample, plus 1e-6 for float32 rounding when a sample is constant (two-sided
@@ -19,12 +20,16 @@ from llmpost.losses.noisy_grpo import (
     AdvantageNorm,
     Correction,
     NoiseRates,
+    ScaleMode,
+    advantage_audit,
     advantages,
     backward_corrected_reward,
+    channel_scale,
     corrected_scores,
     forward_correction_weight,
+    leave_one_out_baseline,
 )
-from llmpost.rewards.appeals import AppealEstimator
+from llmpost.rewards.appeals import AppealEstimator, Rho1Estimator, appeal_rho1_estimate
 from llmpost.rewards.noise import NoisyVerifier, noise_channel
 from llmpost.rewards.verifiers import VerifyStats, math_verify_verifier, rule_based_verifier, safe_verify
 from llmpost.utils import Ema
@@ -149,6 +154,126 @@ def test_group_advantages_match_grpo_formula():
     torch.testing.assert_close(advantages(r, 4, "group"), expected)
 
 
+# ------------------------------------------------------------------------- leave-one-out baseline, PGFC scales, audit
+def test_leave_one_out_baseline_by_hand():
+    # group 1: [1, 0, 0, 1] (sum 2): b = [(2-1)/3, 2/3, 2/3, 1/3]; group 2: [1, 1, 1, 0] (sum 3): b = [2/3, 2/3, 2/3, 1]
+    s = torch.tensor([1, 0, 0, 1, 1, 1, 1, 0])
+    b = leave_one_out_baseline(s, 4)
+    torch.testing.assert_close(b, torch.tensor([1 / 3, 2 / 3, 2 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 1.0]))
+    assert b.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(leave_one_out_baseline(torch.tensor([0.5, -1.5]), 2), torch.tensor([-1.5, 0.5]))
+    # identity: s_i - b_i = K / (K - 1) * (s_i - group mean)
+    x = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1, 0.0], dtype=torch.float64)
+    centred = (x.view(2, 3) - x.view(2, 3).mean(1, keepdim=True)).reshape(-1)
+    torch.testing.assert_close(x - leave_one_out_baseline(x, 3), 1.5 * centred)
+    # as the baseline of advantage_norm none: (s - b) / scale
+    torch.testing.assert_close(advantages(s, 4, "none", baseline=b, scale=2.0), (s - b) / 2.0)
+
+
+@pytest.mark.parametrize("scores,group_size,match", [(torch.zeros(4), 1, "group_size must be an int >= 2"),
+                                                     (torch.zeros(4), 0, "group_size"),
+                                                     (torch.zeros(4), True, "group_size"),
+                                                     (torch.zeros(4), 2.0, "group_size"),
+                                                     (torch.zeros(6), 4, "groups of group_size=4"),
+                                                     (torch.zeros(2, 4), 4, "1-D")])
+def test_leave_one_out_baseline_errors_name_group_size(scores, group_size, match):
+    with pytest.raises(ValueError, match=match):
+        leave_one_out_baseline(scores, group_size)
+
+
+def test_leave_one_out_baseline_keeps_the_expected_update():
+    """Softmax bandit, groups of K = 4: the mean of (s_i - b_i) grad log pi(y_i) over groups equals E[s grad log pi]
+    (B.2: b_i is independent of y_i), while the group-mean baseline gives (1 - 1/K) times it (Proposition A.1)."""
+    rng = np.random.default_rng(13)
+    logits = np.array([0.3, -0.5, 1.0, 0.0, -1.2])
+    pi = np.exp(logits) / np.exp(logits).sum()
+    r_star = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    target = ((pi * r_star)[:, None] * (np.eye(5) - pi)).sum(0)  # E[R* grad log pi]
+    k, groups = 4, 100_000
+    y = rng.choice(5, size=k * groups, p=pi)
+    s = torch.as_tensor(r_star[y])
+    score_fn = np.eye(5)[y] - pi
+    loo = (s - leave_one_out_baseline(s, k)).numpy()[:, None] * score_fn
+    mean_b = (s.view(-1, k) - s.view(-1, k).mean(1, keepdim=True)).reshape(-1).numpy()[:, None] * score_fn
+    for j in range(5):  # per group: the mean over its K samples, so the samples of the test are independent
+        ok, msg = within(loo[:, j].reshape(-1, k).mean(1), target[j])
+        assert ok, f"loo, coordinate {j}: {msg}"
+        ok, msg = within(mean_b[:, j].reshape(-1, k).mean(1), (1 - 1 / k) * target[j])
+        assert ok, f"group mean, coordinate {j}: {msg}"
+
+
+def test_channel_scale_by_hand():
+    rates = NoiseRates(0.1, 0.2)
+    assert channel_scale("one_minus_rho1", rates) == pytest.approx(0.8)
+    assert channel_scale(ScaleMode.KAPPA, rates) == pytest.approx(0.7)
+    assert channel_scale("one", rates) == 1.0
+    assert channel_scale("kappa", NoiseRates(0.0, 0.3)) == channel_scale("one_minus_rho1", NoiseRates(0.0, 0.3))
+    for mode, match in (("fixed", "not a function of the noise rates"), ("ema", "not a function"),
+                        ("std", "unknown scale mode 'std'")):
+        with pytest.raises(ValueError, match=match):
+            channel_scale(mode, rates)
+
+
+@pytest.mark.parametrize("rates", RATES, ids=str)
+def test_forward_with_kappa_scale_is_the_clean_gradient(rates):
+    """B.3: with s_FC = 1 - rho0 - rho1, E[(w / s_FC) grad log pi] = grad J exactly (coordinate-wise, softmax bandit)."""
+    rng = np.random.default_rng(14)
+    logits = np.array([0.3, -0.5, 1.0, 0.0, -1.2])
+    pi = np.exp(logits) / np.exp(logits).sum()
+    r_star = np.array([1, 0, 0, 1, 0])
+    clean_grad = ((pi * r_star)[:, None] * (np.eye(5) - pi)).sum(0)
+    y = rng.choice(5, size=200_000, p=pi)
+    noisy = torch.as_tensor(noise_channel(r_star[y], rates, rng))
+    a = advantages(corrected_scores(noisy, "forward", rates), 1, "none", scale=channel_scale("kappa", rates)).numpy()
+    samples = a[:, None] * (np.eye(5)[y] - pi)
+    for k in range(5):
+        ok, msg = within(samples[:, k], clean_grad[k])
+        assert ok, f"coordinate {k}: {msg}"
+
+
+def test_advantage_audit_by_hand():
+    a, c = torch.tensor([1.0, -1.0, 2.0]), torch.tensor([1.0, 0.0, 0.0])
+    # |a - c| = [0, 1, 2]: mean 1, max 2; cosine = <a, c> / (|a| |c|) = 1 / sqrt(6)
+    assert advantage_audit(a, c) == pytest.approx({"mean_abs_diff": 1.0, "max_abs_diff": 2.0, "cosine": 6 ** -0.5})
+    # token counts [1, 2, 1] (A_{i,t} = a_i broadcast): mean (0 + 2*1 + 2) / 4 = 1, cosine 1 / sqrt(1 + 2 + 4)
+    got = advantage_audit(a, c, lengths=torch.tensor([1, 2, 1]))
+    assert got == pytest.approx({"mean_abs_diff": 1.0, "max_abs_diff": 2.0, "cosine": 7 ** -0.5})
+    # an empty completion (0 tokens) does not count, not even for the max
+    assert advantage_audit(a, c, lengths=[1, 1, 0]) == pytest.approx({"mean_abs_diff": 0.5, "max_abs_diff": 1.0,
+                                                                     "cosine": 2 ** -0.5})
+    assert advantage_audit(torch.zeros(2), torch.zeros(2))["cosine"] == 1.0  # identical (0/0): 1
+    assert advantage_audit(torch.ones(2), torch.zeros(2))["cosine"] == 0.0  # one has no direction: 0
+    assert advantage_audit(-a, a)["cosine"] == pytest.approx(-1.0)
+    for args, match in (((torch.zeros(2), torch.zeros(3)), "one shape"), ((torch.zeros(2, 2), torch.zeros(2, 2)), "1-D"),
+                        ((torch.zeros(2), torch.zeros(2), [0, 0]), "not all 0"),
+                        ((torch.zeros(2), torch.zeros(2), [1, -1]), "token counts")):
+        with pytest.raises(ValueError, match=match):
+            advantage_audit(*args)
+
+
+def test_audit_sees_cancellation_and_the_loo_rescaling():
+    """B.10's sanity check: u = a R~ + b through group z-scoring gives (near) zero difference from the uncorrected
+    noisy control; with the leave-one-out baseline and a fixed scale, PGBC is its matched control times 1/kappa:
+    cosine 1 and mean |difference| = (1/kappa - 1) mean |control| (a step size, not a direction)."""
+    rates = NoiseRates(0.1, 0.2)
+    noisy = _noisy_groups(rates)
+    control = advantages(corrected_scores(noisy, "none", rates), 8, "group")
+    for correction in ("backward", "forward"):
+        audit = advantage_audit(advantages(corrected_scores(noisy, correction, rates), 8, "group"), control)
+        assert audit["max_abs_diff"] < 1e-3 and audit["cosine"] == pytest.approx(1.0, abs=1e-9)
+    scores = corrected_scores(noisy, "backward", rates)
+    raw = corrected_scores(noisy, "none", rates)
+    pgbc = advantages(scores, 8, "none", baseline=leave_one_out_baseline(scores, 8))
+    loo_control = advantages(raw, 8, "none", baseline=leave_one_out_baseline(raw, 8))
+    audit = advantage_audit(pgbc, loo_control)
+    assert audit["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert audit["mean_abs_diff"] == pytest.approx((1 / rates.kappa - 1) * loo_control.abs().mean().item(), rel=1e-5)
+    # PGFC with b = 0 against its b = 0 control: a constant shift of (1 - rho1) / s, cosine < 1
+    fc = advantage_audit(advantages(corrected_scores(noisy, "forward", rates), 8, "none"),
+                         advantages(raw, 8, "none"))
+    assert fc["max_abs_diff"] == pytest.approx(0.8) and fc["mean_abs_diff"] == pytest.approx(0.8) and fc["cosine"] < 1
+
+
 def test_ema():
     ema = Ema(0.5)
     assert ema.value is None and ema.update(4.0) == 4.0 and ema.update(0.0) == 2.0
@@ -244,7 +369,7 @@ def test_appeals_converge_to_injected_rho1():
     rho1, decay = 0.3, 0.9
     rng = np.random.default_rng(6)
     rule = NoisyVerifier(rule_based_verifier, rho0=0.0, rho1=rho1, seed=9)
-    est = AppealEstimator(rule_based_verifier, q=0.5, decay=decay, seed=10)
+    est = AppealEstimator(rule_based_verifier, q=0.5, decay=decay, seed=10, estimator="pooled")
     raw = []
     for _ in range(100):
         clean, completions, golds = _step(rng)
@@ -264,20 +389,26 @@ def test_appeals_converge_to_injected_rho1():
 
 
 def test_appeals_small_batches_pool_counts_not_ratios():
-    """~8 positives a step (32 completions, 25% correct): a per-step ratio FN^ / (P + FN^) is biased low by O(1/count);
-    the estimator's ratio of moving averages of the counts is not (it pools ~1 / (1 - decay) steps)."""
+    """~8 positives a step (32 completions, 25% correct): a per-step ratio FN^ / (P + FN^) is biased low by O(1/count),
+    and so is the paper's EMA of per-step ratios (eqs. 11-12); the pooled ratio of moving averages of the counts is not
+    (it pools ~1 / (1 - decay) steps). Both estimators see the same appeals (same seed, same draws)."""
     rho1, decay, steps = 0.3, 0.95, 2000
     rng = np.random.default_rng(21)
     rule = NoisyVerifier(rule_based_verifier, rho0=0.0, rho1=rho1, seed=22)
-    est = AppealEstimator(rule_based_verifier, q=0.5, decay=decay, seed=23)
-    raw, pooled = [], []
+    est = AppealEstimator(rule_based_verifier, q=0.5, decay=decay, seed=23, estimator="pooled")
+    paper = AppealEstimator(rule_based_verifier, q=0.5, decay=decay, seed=23, estimator="paper")
+    raw, pooled, smoothed = [], [], []
     for _ in range(steps):
         clean, completions, golds = _step(rng, n=32, p=0.25)
-        out = est.update([rule(c, g) for c, g in zip(completions, golds)], completions, golds)
+        rewards = [rule(c, g) for c, g in zip(completions, golds)]
+        out, out_paper = est.update(rewards, completions, golds), paper.update(rewards, completions, golds)
+        assert out["overturns"] == out_paper["overturns"]  # the same appeals
         raw.append(out["rho1_raw"])
         pooled.append(out["rho1"])
-    raw, pooled = np.array(raw), np.array(pooled[100:])  # after the moving averages fill
+        smoothed.append(out_paper["rho1"])
+    raw, pooled, smoothed = np.array(raw), np.array(pooled[100:]), np.array(smoothed[100:])  # after the EMAs fill
     assert raw.mean() < rho1 - 0.02  # the per-step ratio's bias, visible at this batch size
+    assert smoothed.mean() < rho1 - 0.02  # the paper's EMA of ratios keeps it
     # the pooled estimate: mean within 0.01 of the truth (its own bias is O(1 / (20 x 8 positives)) ~ 1e-3)
     assert abs(pooled.mean() - rho1) < 0.01, pooled.mean()
 
@@ -287,7 +418,7 @@ def test_appeals_q1_is_exact_and_reproducible():
     clean, completions, golds = _step(rng, n=64)
     rule = NoisyVerifier(_oracle, rho0=0.0, rho1=0.4, seed=12)
     rewards = torch.tensor([rule(c, g) for c, g in zip(completions, golds)])
-    out = AppealEstimator(_oracle, q=1.0, decay=0.0).update(rewards, completions, golds)
+    out = AppealEstimator(_oracle, q=1.0, decay=0.0, estimator="pooled").update(rewards, completions, golds)
     fn, tp = int(((rewards == 0) & torch.as_tensor(clean == 1)).sum()), int(rewards.sum())
     assert out["appeals"] == out["negatives"] and out["overturns"] == fn
     assert out["rho1_raw"] == pytest.approx(fn / (tp + fn)) and torch.equal(out["rewards"], torch.tensor(clean).float())
@@ -296,11 +427,11 @@ def test_appeals_q1_is_exact_and_reproducible():
 
 
 def test_appeals_edge_cases():
-    est = AppealEstimator(lambda c, g: 1 / 0, q=1.0)  # a crashing strong checker upholds every 0
+    est = AppealEstimator(lambda c, g: 1 / 0, q=1.0, estimator="pooled")  # a crashing checker upholds every 0
     out = est.update([0, 0], ["a", ""], ["1", "1"])
     assert out["overturns"] == 0 and out["rho1_raw"] == 0.0 and out["rho1"] == 0.0 and not est.has_evidence
     assert est.stats.errors == 1 and est.stats.empty == 1
-    out = AppealEstimator(_oracle, q=1.0).update([0, 0], ["\\boxed{1}"] * 2, ["1"] * 2)  # only FNs: rho1^ = 1
+    out = AppealEstimator(_oracle, q=1.0, estimator="pooled").update([0, 0], ["\\boxed{1}"] * 2, ["1"] * 2)  # FNs only
     assert out["rho1_raw"] == 1.0 and out["rho1"] < 0.5
     with pytest.raises(ValueError, match="0/1"):
         est.update([0.5], ["a"], ["1"])
@@ -308,11 +439,45 @@ def test_appeals_edge_cases():
         est.update([0, 1], ["a"], ["1"])
 
 
+def test_paper_rho1_estimate_by_hand():
+    # eq. (11): 2 overturns at q = 0.1 -> FN^ = 20 (eq. 10); 60 positives: (20 + 1e-5) / (80 + 2e-5)
+    assert appeal_rho1_estimate(2 / 0.1, 60) == pytest.approx((20 + 1e-5) / (80 + 2e-5), rel=1e-15)
+    assert appeal_rho1_estimate(20, 60) == pytest.approx(0.25, abs=1e-7)
+    assert appeal_rho1_estimate(0, 0) == 0.5  # no evidence: the prior alone, alpha / (alpha + beta)
+    assert appeal_rho1_estimate(0, 10) == pytest.approx(1e-6, rel=1e-4)  # no overturn: ~0, never exactly
+    assert appeal_rho1_estimate(3, 0) == pytest.approx(1.0, abs=1e-5) and appeal_rho1_estimate(3, 0) < 1.0
+    assert appeal_rho1_estimate(1, 1, alpha=1.0, beta=3.0) == pytest.approx(2 / 6)
+    for args, match in (((-1, 2), "counts"), ((1, float("nan")), "counts"), ((1, 1, 0.0), "alpha"),
+                        ((1, 1, 1e-5, -1.0), "beta")):
+        with pytest.raises(ValueError, match=match):
+            appeal_rho1_estimate(*args)
+
+
+def test_paper_appeals_estimator_smooths_per_step_ratios_by_hand():
+    """q = 1 (every negative appealed, the oracle overturns exactly the false negatives), lambda = 0.9:
+    rho1_bar(1) = rho1^(1) (the EMA starts at the first value), rho1_bar(2) = 0.9 rho1_bar(1) + 0.1 rho1^(2)."""
+    est = AppealEstimator(_oracle, q=1.0, decay=0.9)
+    assert est.estimator == Rho1Estimator.PAPER and est.q == 1.0 and est.rho1 == 0.0 and not est.has_evidence
+    assert AppealEstimator(_oracle).q == 0.1  # the paper's default q (E.4)
+    # step 1: 3 positives, 1 false negative among 4 negatives
+    completions = ["\\boxed{1}"] * 4 + ["\\boxed{0}"] * 4
+    out = est.update([1, 1, 1, 0, 0, 0, 0, 0], completions, ["1"] * 8)
+    r1 = (1 + 1e-5) / (1 + 3 + 2e-5)
+    assert out["overturns"] == 1 and out["fn_hat"] == 1.0 and out["positives"] == 3
+    assert out["rho1_raw"] == pytest.approx(r1, rel=1e-12) and est.rho1 == pytest.approx(r1, rel=1e-12)
+    # step 2: no positive, no overturn -> the prior's 0.5 enters the EMA
+    out = est.update([0, 0], ["\\boxed{0}"] * 2, ["1"] * 2)
+    assert out["rho1_raw"] == 0.5 and est.rho1 == pytest.approx(0.9 * r1 + 0.1 * 0.5, rel=1e-12)
+    assert est.has_evidence and est.steps == 2
+    with pytest.raises(ValueError, match="unknown rho1 estimator 'median'"):
+        AppealEstimator(_oracle, estimator="median")
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1)), min_size=0, max_size=30),
        st.floats(0.05, 1.0), st.floats(0.0, 0.99))
 def test_appeal_rho1_is_clipped(items, q, decay):
-    est = AppealEstimator(lambda c, g: int(c == "1"), q=q, decay=decay, seed=0)
+    est = AppealEstimator(lambda c, g: int(c == "1"), q=q, decay=decay, seed=0, estimator="pooled")
     for _ in range(3):
         out = est.update([r for r, _ in items], [str(s) for _, s in items], ["1"] * len(items))
         assert 0.0 <= out["rho1"] < 0.5 and 0.0 <= out["rho1_raw"] <= 1.0

@@ -37,6 +37,7 @@ def test_normalisation_maps_min_max_to_minus_plus_delta():
 @pytest.mark.parametrize("strategy,scores,weights", [
     # h = [-1, 0, 1] for losses [1, 2, 3], delta = 1, r = 1
     ("linupper", [0.0, 1.0, 1.0], _norm([1, E, E])),     # min(h + 1, 1)
+    ("upper", [0.0, 0.5, 1.0], _norm([1, E**0.5, E])),   # 0.5 h + 0.5 (the authors' f_func_upper)
     ("quadratic", [0.0, 1.0, 0.0], _norm([1, E, 1])),    # 1 - h^2
     ("extremes", [1.0, 0.0, 1.0], _norm([E, 1, E])),     # |h|
     ("uniform", [0.0, 0.0, 0.0], _norm([1, 1, 1])),
@@ -55,6 +56,9 @@ def test_delta_and_temperature_by_hand():
     torch.testing.assert_close(w, _norm([1, E**4, E**4]))
     # quadratic with delta 2: 1 - h^2 / 4 = [0, 1, 0]
     torch.testing.assert_close(sample_weights(L3, "quadratic", 1.0, delta=2.0), _norm([1, E, 1]))
+    # upper with delta 2: 0.5 h + 1 = [0, 1, 2]; r = 0.5: softmax([0, 2, 4]) = [0.01587624, 0.11731043, 0.86681333]
+    w = sample_weights(L3, "upper", temperature=0.5, delta=2.0)
+    torch.testing.assert_close(w, torch.tensor([0.015876239976, 0.117310427826, 0.866813332197], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("strategy", list(ReweightStrategy))

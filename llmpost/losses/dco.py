@@ -46,11 +46,13 @@ def dco_weight(n: int, p: torch.Tensor) -> torch.Tensor:
     Args:
         n: the pass@N budget, an integer >= 1 (N = 1 gives F = 1: plain cross-entropy).
         p: probabilities in [0, 1], any shape (detached; the weight carries no gradient). p = 0 gives 1 (the limit);
-            p = 1 gives 0 for N > 1.
+            p = 1 gives 0 for N > 1. A Python float, a NumPy value or array, or a list is read in float64 (never
+            through a float32 tensor: ``1 - p`` near p = 1 would lose its digits, e.g. ``dco_weight(16, 0.999999)``
+            read in float32 is 1.95e-89 instead of 1.60e-89); a tensor keeps the precision it already has.
     """
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"dco N must be an integer >= 1, got {n!r}")
-    p = torch.as_tensor(p).detach().double()
+    p = p.detach().double() if isinstance(p, torch.Tensor) else torch.as_tensor(p, dtype=torch.float64)
     if ((p < 0) | (p > 1) | torch.isnan(p)).any():
         raise ValueError("dco_weight: p must lie in [0, 1]")
     if n == 1:

@@ -13,6 +13,8 @@ Per training micro-step, over the sequences of the *global* micro-batch (every d
 3. a strategy ``f(h)`` (the authors' ``f_func_*``):
 
        linupper:  min(h + delta, delta)        (the paper's best: low-loss samples down-weighted, high ones capped)
+       upper:     0.5 h + 0.5 delta            (the authors' f_func_upper: weights rise with the loss, uncapped;
+                                                under the softmax only 0.5 h / r matters)
        quadratic: 1 - h^2 / delta^2            (the authors' "mid": favours medium losses)
        extremes:  |h|                          (favours the lowest and the highest losses)
        uniform:   0                            (the baseline: plain mean; the authors' README snippet returns h here,
@@ -44,9 +46,10 @@ DENOMINATOR_FLOOR = 1e-6  # the authors' max(l_max - l_min, 1e-6)
 
 
 class ReweightStrategy(StrEnum):
-    """``f`` of eq. (1)'s normalised losses: ``linupper``, ``quadratic``, ``extremes`` or ``uniform``."""
+    """``f`` of eq. (1)'s normalised losses: ``linupper``, ``upper``, ``quadratic``, ``extremes`` or ``uniform``."""
 
     LINUPPER = "linupper"
+    UPPER = "upper"
     QUADRATIC = "quadratic"
     EXTREMES = "extremes"
     UNIFORM = "uniform"
@@ -81,6 +84,8 @@ def strategy_scores(h: torch.Tensor, strategy: ReweightStrategy | str, delta: fl
     match _strategy(strategy):
         case ReweightStrategy.LINUPPER:
             return torch.clamp(h + delta, max=delta)
+        case ReweightStrategy.UPPER:
+            return 0.5 * h + 0.5 * delta
         case ReweightStrategy.QUADRATIC:
             return 1.0 - h.square() / delta**2
         case ReweightStrategy.EXTREMES:

@@ -7,33 +7,42 @@ laid out as consecutive groups of ``num_generations`` per prompt) it computes:
 1. ``R~``: the raw 0/1 verdicts of the one reward function (a verifier, ``VerifierReward``), gathered across
    processes by TRL's ``_calculate_rewards``; kept unchanged.
 2. Appeals (``appeals_fraction = q > 0``): ``AppealEstimator`` re-checks a random fraction q of the negatives with the
-   stronger ``appeal_verifier`` and updates the online, EMA-smoothed rho1^ (clipped to [0, 0.5)). Appeals only
-   *estimate* rho1 (the paper's use: "estimates the FN rate online"); the verdicts fed to the correction stay ``R~``,
-   so the noise model the correction assumes still holds. The same gathered batch and seed on every process give the
-   same estimate everywhere.
-3. Scores ``s = corrected_scores(R~, correction, rates)``: ``none`` -> R~; ``backward`` -> (R~ - rho0) / (1 - rho0 - rho1);
-   ``forward`` -> R~ - (1 - rho1), with rho1 the configured one, or rho1^ when appeals are on.
-4. Advantages ``A = advantages(s, num_generations, advantage_norm, baseline=b, scale=c)``. With ``advantage_norm:
-   none`` (the default): ``A = (s - b) / c`` with ``b = 0`` (``baseline: zero``) or the EMA (``ema_decay``) of the
-   batch-mean score of the *previous* steps (the first batch's own mean at step 1), and ``c = advantage_scale``
-   (``scale_mode: fixed``) or the EMA of the batch std of the scores of the previous steps (``scale_mode: ema``;
-   batches of constant scores are skipped, and ``advantage_scale`` stands until the first non-constant one).
-   ``group``/``batch`` standardise ``s`` as TRL's GRPO does. An EMA scale, like standardisation, divides out the
-   slope of an affine correction over time (backward's ``1/kappa``), but not within a step and not its shift.
+   stronger ``appeal_verifier`` and updates the online rho1^ (``appeals_estimator``: the paper's EMA of per-step
+   Beta-prior ratios, eqs. 10-12, or llmpost's pooled ratio of EMAs). By default appeals only *estimate* rho1
+   (arXiv 2510.00915, E.1: the LLM verifier "does not replace the rule-based reward"); ``appeals_recover: true``
+   trains on the overturned verdicts instead (Table 4's caption, and Table 1's "Appeals" baseline with correction
+   none). The same gathered batch and seed on every process give the same estimate everywhere.
+3. Scores ``u = corrected_scores(R~, correction, rates)``: ``none`` -> R~; ``backward`` -> (R~ - rho0) / (1 - rho0 -
+   rho1); ``forward`` -> R~ - (1 - rho1). With appeals on, ``forward`` and ``none`` use the rates (0, rho1^) (the
+   estimator itself assumes rho0 ~ 0); ``backward`` keeps the configured rates.
+4. Advantages ``A = advantages(u, num_generations, advantage_norm, baseline=b, scale=s)`` (Algorithm 4 of the paper).
+   With ``advantage_norm: none``: ``A = (u - b) / s`` with ``b = 0`` (``baseline: zero``; PGFC's default, B.3), the
+   leave-one-out mean of the other samples of the group (``loo``; PGBC's default, B.2), or the EMA (``ema_decay``) of
+   the batch-mean score of the *previous* steps (``ema``; the first batch's own mean at step 1); unset, ``baseline``
+   is the paper's default for the correction. ``s`` is ``advantage_scale`` (``scale_mode: fixed``), the EMA of the
+   batch std of the scores of previous steps (``ema``; batches of constant scores are skipped, and
+   ``advantage_scale`` stands until the first non-constant one), or PGFC's ``1 - rho1``, ``1 - rho0 - rho1`` or 1
+   (``one_minus_rho1 | kappa | one``, B.3, from the rates of step 3). ``group``/``batch`` standardise ``u`` as TRL's
+   GRPO does.
 5. This process's slice of ``A`` (the same ``process_slice`` as TRL) becomes ``output["advantages"]``.
+6. The matched-control audit (B.5, B.10), whenever the advantages can differ from the uncorrected ones (a correction,
+   or recovered appeals): the same path with ``correction: none`` on the raw R~ (same baseline, scale and, for the
+   EMAs, their own state) gives ``A_control``; ``noisy/audit_mean_abs_diff``, ``noisy/audit_max_abs_diff`` and
+   ``noisy/audit_cosine`` (``advantage_audit`` over the token-level advantages) are logged every step. Zero difference
+   with cosine 1 means the correction does not change the update.
 
 Why ``advantage_norm: none`` is the default: GRPO's group standardisation ``(s - mean_g s) / (std_g s + eps)`` is
 invariant to any ``s -> a s + b`` with ``a > 0``, and both corrections are such maps of R~ (backward: a = 1/kappa;
 forward: a = 1), so under ``group`` (or ``batch``, for fixed rates) every correction gives the *same* advantages as
-``none`` -- the corrections cancel (tested). Only an un-standardised advantage keeps them. The paper's own choice of
-normalisation could not be read here (only its abstract; see ``noisy_grpo``'s module docstring), so the default is
-the one under which the corrections act. The EMA baseline reduces variance without depending on the current batch.
+``none`` -- the corrections cancel (tested; the paper's B.4 says the same, though its Table 7 lists "Group-normalized
+(GRPO)" as the advantage estimator: docs/noisy_grpo.md). Only an un-standardised advantage keeps them.
 
 The forward correction ``R~ - (1 - rho1)`` is a constant shift of the reward, i.e. REINFORCE with the fixed baseline
 ``1 - rho1``: in expectation the uncorrected ``R~`` already gives ``kappa`` times the clean gradient (its constant part
 ``rho0`` multiplies ``E[grad log pi] = 0``), so the forward form changes the variance, not the direction, and any mean
-baseline (``baseline: ema``, or ``group``/``batch`` standardisation) absorbs the shift and makes it identical to
-``none``. It acts only with ``advantage_norm: none`` and ``baseline: zero``; the config warns otherwise.
+baseline (``baseline: ema`` or ``loo``, or ``group``/``batch`` standardisation) absorbs the shift and makes it
+identical to ``none`` (B.3 says so too). It acts only with ``advantage_norm: none`` and ``baseline: zero``; the config
+warns otherwise. Likewise, with fixed rates and ``baseline: loo``, backward is its matched control times ``1/kappa``.
 """
 
 from __future__ import annotations
@@ -46,8 +55,20 @@ import torch
 import trl
 from accelerate.utils import gather_object
 
-from llmpost.losses.noisy_grpo import AdvantageNorm, Correction, NoiseRates, advantages, check_rate, corrected_scores
-from llmpost.rewards.appeals import AppealEstimator
+from llmpost.losses.noisy_grpo import (
+    RATE_SCALES,
+    AdvantageNorm,
+    Correction,
+    NoiseRates,
+    ScaleMode,
+    advantage_audit,
+    advantages,
+    channel_scale,
+    check_rate,
+    corrected_scores,
+    leave_one_out_baseline,
+)
+from llmpost.rewards.appeals import AppealEstimator, Rho1Estimator
 from llmpost.rewards.verifiers import Verifier, VerifyStats, safe_verify
 from llmpost.utils import Ema, StrEnum, parse_enum
 
@@ -55,17 +76,16 @@ logger = logging.getLogger(__name__)
 
 
 class Baseline(StrEnum):
-    """The baseline of ``advantage_norm: none``: ``zero`` or ``ema`` (of past batch-mean scores)."""
+    """The baseline of ``advantage_norm: none``: ``zero``, ``ema`` (of past batch-mean scores) or ``loo`` (the
+    leave-one-out mean of the group, ``leave_one_out_baseline``; arXiv 2510.00915, B.2)."""
 
     ZERO = "zero"
     EMA = "ema"
+    LOO = "loo"
 
 
-class ScaleMode(StrEnum):
-    """The scale ``c`` of ``advantage_norm: none``: ``fixed`` (``advantage_scale``) or ``ema`` (of past batch stds)."""
-
-    FIXED = "fixed"
-    EMA = "ema"
+PAPER_BASELINE = {Correction.BACKWARD: Baseline.LOO, Correction.FORWARD: Baseline.ZERO,
+                  Correction.NONE: Baseline.ZERO}  # arXiv 2510.00915: B.2 (PGBC), B.3 (PGFC); none: B.5 matches one
 
 
 class VerifierReward:
@@ -107,21 +127,33 @@ class NoisyGRPOConfig(trl.GRPOConfig):
     correction: Correction = field(default=Correction.NONE, metadata={"help": "none | backward (PGBC) | forward (PGFC)."})
     rho0: float = field(default=0.0, metadata={"help": "Verifier false-positive rate P(R~=1|R*=0), in [0, 1)."})
     rho1: float = field(default=0.0, metadata={"help": "Verifier false-negative rate P(R~=0|R*=1), in [0, 1)."})
-    # Default none: group/batch standardisation cancels both corrections (module docstring).
+    # Default none: group/batch standardisation cancels both corrections (module docstring; arXiv 2510.00915, B.4).
     advantage_norm: AdvantageNorm = field(default=AdvantageNorm.NONE, metadata={"help": "none | batch | group."})
-    baseline: Baseline = field(default=Baseline.EMA, metadata={"help": "Baseline of advantage_norm none: zero | ema."})
-    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of the baseline and of rho1^, in [0, 1)."})
-    advantage_scale: float = field(default=1.0, metadata={"help": "Fixed scale c of advantage_norm none: (s - b) / c."})
+    # Unset: the paper's default for the correction, loo for backward (B.2), zero for forward (B.3) and none.
+    baseline: Baseline | None = field(default=None, metadata={"help": "Baseline of advantage_norm none: zero | ema | "
+                                      "loo (unset: loo for backward, zero otherwise, arXiv 2510.00915 B.2-B.3)."})
+    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay of the baseline, the scale and rho1^, in [0, 1) "
+                                                    "(0.9: the paper's lambda for rho1^, E.4)."})
+    advantage_scale: float = field(default=1.0, metadata={"help": "Fixed scale s of advantage_norm none: (u - b) / s."})
     scale_mode: ScaleMode = field(default=ScaleMode.FIXED, metadata={"help": "fixed (advantage_scale) | ema (EMA of the "
-                                  "batch std of the scores of previous steps; advantage_scale until one is non-constant)."})
-    appeals_fraction: float = field(default=0.0, metadata={"help": "q: fraction of negatives appealed (0: off)."})
+                                  "batch std of the scores of previous steps) | one_minus_rho1 | kappa | one (PGFC's "
+                                  "s_FC = 1 - rho1, 1 - rho0 - rho1, 1; arXiv 2510.00915 B.3)."})
+    appeals_fraction: float = field(default=0.0, metadata={"help": "q: fraction of negatives appealed (0: off; the "
+                                                           "paper's q is 0.1, E.4)."})
     appeals_seed: int = field(default=0, metadata={"help": "Seed of the appeal sampling."})
+    # The paper's estimator by default (eqs. 10-12, E.4); pooled: llmpost's ratio of EMAs (rewards/appeals.py).
+    appeals_estimator: Rho1Estimator = field(default=Rho1Estimator.PAPER, metadata={"help": "paper | pooled."})
+    # False: appeals only estimate rho1 (arXiv 2510.00915, E.1); true: Table 4's caption ("recovery").
+    appeals_recover: bool = field(default=False, metadata={"help": "Train on the appeals' overturned verdicts (true) "
+                                  "or only estimate rho1 from them (false, the paper's E.1)."})
 
     def __post_init__(self):
         self.correction = parse_enum("correction", self.correction, Correction)
         self.advantage_norm = parse_enum("advantage_norm", self.advantage_norm, AdvantageNorm)
-        self.baseline = parse_enum("baseline", self.baseline, Baseline)
+        self.baseline = PAPER_BASELINE[self.correction] if self.baseline is None else parse_enum(
+            "baseline", self.baseline, Baseline)
         self.scale_mode = parse_enum("scale_mode", self.scale_mode, ScaleMode)
+        self.appeals_estimator = parse_enum("appeals_estimator", self.appeals_estimator, Rho1Estimator)
         NoiseRates(self.rho0, self.rho1)  # its errors name rho0 / rho1
         check_rate("ema_decay", self.ema_decay)
         if not (isinstance(self.advantage_scale, (int, float)) and math.isfinite(self.advantage_scale)
@@ -129,11 +161,13 @@ class NoisyGRPOConfig(trl.GRPOConfig):
             raise ValueError(f"advantage_scale: must be finite and > 0, got {self.advantage_scale!r}")
         if not (isinstance(self.appeals_fraction, (int, float)) and 0.0 <= self.appeals_fraction <= 1.0):
             raise ValueError(f"appeals_fraction: must be in [0, 1], got {self.appeals_fraction!r}")
-        if self.correction == Correction.FORWARD and (self.baseline == Baseline.EMA or self.advantage_norm != AdvantageNorm.NONE):
+        if self.appeals_recover and self.appeals_fraction == 0:
+            raise ValueError("appeals_recover: needs appeals (appeals_fraction > 0)")
+        if self.correction == Correction.FORWARD and (self.baseline != Baseline.ZERO or self.advantage_norm != AdvantageNorm.NONE):
             logger.warning("correction: forward is R~ - (1 - rho1), a constant shift of the reward; a mean baseline "
-                           "(baseline: ema, or advantage_norm: %s) absorbs the shift, so the run trains exactly as with "
+                           "(baseline: %s, or advantage_norm: %s) absorbs the shift, so the run trains exactly as with "
                            "correction: none. Use advantage_norm: none with baseline: zero for the forward correction "
-                           "to act.", self.advantage_norm.value)  # fmt: skip
+                           "to act.", self.baseline.value, self.advantage_norm.value)  # fmt: skip
         super().__post_init__()
 
 
@@ -155,9 +189,10 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
             if appeal_verifier is None:
                 raise ValueError("appeals_fraction > 0 needs an appeal_verifier (the stronger checker)")
             self.appeals = AppealEstimator(appeal_verifier, q=cfg.appeals_fraction, decay=cfg.ema_decay,
-                                           seed=cfg.appeals_seed)
+                                           seed=cfg.appeals_seed, estimator=cfg.appeals_estimator)
         self.baseline_ema = Ema(cfg.ema_decay)
         self.scale_ema = Ema(cfg.ema_decay)
+        self.control_emas = (Ema(cfg.ema_decay), Ema(cfg.ema_decay))  # the matched control's own EMA state (B.5)
         self._raw_rewards: torch.Tensor | None = None
         self._clean_rewards: torch.Tensor | None = None
         self._appeal_stats: dict | None = None
@@ -183,42 +218,54 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
         return rewards_per_func
 
     def current_rates(self) -> NoiseRates:
-        """The rates the correction uses: the configured ones, with rho1 = rho1^ for forward + appeals."""
-        if self.appeals is not None and self.args.correction == Correction.FORWARD:
-            return NoiseRates(0.0, self.appeals.rho1)  # forward needs only rho1
+        """The rates of the scores and of the rate-derived scales: the configured ones; with appeals on, (0, rho1^)
+        for ``forward`` and ``none`` (the appeals estimator assumes rho0 ~ 0; forward needs only rho1)."""
+        if self.appeals is not None and self.args.correction != Correction.BACKWARD:
+            return NoiseRates(0.0, self.appeals.rho1)
         return NoiseRates(self.args.rho0, self.args.rho1)
 
-    def _baseline_and_scale(self, scores: torch.Tensor, update: bool) -> tuple[float, float]:
-        """``b`` and ``c`` of ``advantage_norm: none`` for this batch, from the EMAs of the *previous* training batches
-        (so that this batch's advantages do not depend on its own mean/std, except at the first step), then the EMAs
-        take this batch in when ``update``. A batch of constant scores does not update the scale's EMA (its std is 0);
-        before the first non-constant batch the scale is ``advantage_scale``."""
+    def _baseline_and_scale(self, scores: torch.Tensor, group: int, rates: NoiseRates, update: bool,
+                            emas: tuple[Ema, Ema] | None = None) -> tuple[float | torch.Tensor, float]:
+        """``b`` and ``s`` of ``advantage_norm: none`` for this batch. ``ema`` baseline and scale come from the EMAs
+        (``emas``, default this run's own) of the *previous* training batches (so that this batch's advantages do not
+        depend on its own mean/std, except at the first step), then the EMAs take this batch in when ``update``. A
+        batch of constant scores does not update the scale's EMA (its std is 0); before the first non-constant batch
+        the scale is ``advantage_scale``. ``loo``: the per-sample leave-one-out baseline (a tensor)."""
         cfg = self.args
+        base_ema, scale_ema = emas or (self.baseline_ema, self.scale_ema)
         mean = scores.mean().item()
         std = scores.std().item() if scores.numel() > 1 else 0.0
-        base = 0.0
+        base: float | torch.Tensor = 0.0
         if cfg.baseline == Baseline.EMA:
-            base = self.baseline_ema.value if self.baseline_ema.value is not None else mean
+            base = base_ema.value if base_ema.value is not None else mean
             if update:
-                self.baseline_ema.update(mean)
+                base_ema.update(mean)
+        elif cfg.baseline == Baseline.LOO and cfg.advantage_norm == AdvantageNorm.NONE:
+            base = leave_one_out_baseline(scores, group)
         scale = float(cfg.advantage_scale)
         if cfg.scale_mode == ScaleMode.EMA:
-            if self.scale_ema.value is not None:
-                scale = self.scale_ema.value
+            if scale_ema.value is not None:
+                scale = scale_ema.value
             elif std > 0:
                 scale = std
             if update and std > 0:
-                self.scale_ema.update(std)
+                scale_ema.update(std)
+        elif cfg.scale_mode in RATE_SCALES:
+            scale = channel_scale(cfg.scale_mode, rates)
         return base, scale
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
-        raw = self._raw_rewards
+        cfg, raw = self.args, self._raw_rewards.float()
         group = self.num_generations if mode == "train" else self.num_generations_eval
-        scores = corrected_scores(raw.float(), self.args.correction, self.current_rates())
-        base, scale = self._baseline_and_scale(scores, update=mode == "train")
-        adv = advantages(scores, group_size=group, norm=self.args.advantage_norm, baseline=base, scale=scale)
+        rewards = raw
+        if cfg.appeals_recover and self._appeal_stats is not None:  # Table 4's "recovery": overturned 0s count as 1
+            rewards = self._appeal_stats["rewards"].to(raw.device, raw.dtype)
+        rates = self.current_rates()
+        scores = corrected_scores(rewards, cfg.correction, rates)
+        base, scale = self._baseline_and_scale(scores, group, rates, update=mode == "train")
+        adv = advantages(scores, group_size=group, norm=cfg.advantage_norm, baseline=base, scale=scale)
         n_local = len(output["prompt_ids"])
         start = self.accelerator.process_index * n_local
         output["advantages"] = adv[start : start + n_local].to(output["advantages"].device)
@@ -227,13 +274,20 @@ class NoisyGRPOTrainer(trl.GRPOTrainer):
             logged.pop()
         logged.extend(adv.tolist())
         m = self._metrics[mode]
-        m["noisy/raw_reward"].append(raw.float().mean().item())
+        m["noisy/raw_reward"].append(raw.mean().item())
         if self._clean_rewards is not None:
             m["noisy/clean_reward"].append(self._clean_rewards.float().mean().item())
         m["noisy/corrected_score"].append(scores.mean().item())
-        m["noisy/baseline"].append(float(base))
+        m["noisy/baseline"].append(float(base.mean().item() if isinstance(base, torch.Tensor) else base))
         m["noisy/scale"].append(float(scale))
-        m["noisy/rho1"].append(self.current_rates().rho1)
+        m["noisy/rho1"].append(rates.rho1)
+        if cfg.correction != Correction.NONE or rewards is not raw:  # B.10: against the matched control (B.5)
+            control = corrected_scores(raw, Correction.NONE, rates)
+            c_base, c_scale = self._baseline_and_scale(control, group, rates, mode == "train", self.control_emas)
+            a_control = advantages(control, group_size=group, norm=cfg.advantage_norm, baseline=c_base, scale=c_scale)
+            lengths = self.accelerator.gather(output["completion_mask"].sum(dim=1)).to(adv.device)
+            for key, value in advantage_audit(adv, a_control, lengths).items():
+                m[f"noisy/audit_{key}"].append(value)
         if self.appeals is not None:
             stats = self._appeal_stats or {}
             m["noisy/rho1_hat"].append(self.appeals.rho1)

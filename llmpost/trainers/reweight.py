@@ -54,7 +54,8 @@ class ReweightConfig(TrainerConfig):
     """Training arguments plus the reweighting options (arXiv 2502.06733; authors' defaults where they exist)."""
 
     reweight_strategy: ReweightStrategy = field(default=ReweightStrategy.LINUPPER, metadata={
-        "help": "linupper (the paper's best) | quadratic | extremes | uniform (plain mean, the baseline)."})
+        "help": "linupper (the paper's best) | upper (the authors' f_func_upper) | quadratic | extremes | "
+                "uniform (plain mean, the baseline)."})
     reweight_temperature: float = field(default=1.0, metadata={
         "help": "r (the authors' kl_reg): w = softmax(f / r); larger is closer to uniform."})
     reweight_delta: float = field(default=1.0, metadata={"help": "delta: losses are min-max normalised to [-delta, delta]."})

@@ -14,10 +14,15 @@ Prompts reuse the TOFU template fields (:class:`llmpost.data.templates.TemplateA
 * DCO's direct-answer prompt (the authors' ``math_no_COT`` template, ``allanraventos/refine``,
   ``refine/training/registry.py``): ``"Please give the answer to the following question directly! No need to write any
   steps.\\nQuestion: "``, ``"\\n"``, ``"Answer: "``, with the target ``$answer$`` (:class:`MathTarget`).
+
+``problem_template`` (default ``"{problem}"``) wraps the problem text before either path, so a chat model's single user
+turn can carry an instruction, e.g. the noisy-GRPO paper's E.1 template (arXiv 2510.00915): the problem, then "Let's
+think step by step ... MUST BE within \\boxed{}." (``configs/grpo_noisy_math.yaml``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ import datasets
 from llmpost.data.files import load_jsonl
 from llmpost.data.templates import TemplateArgs, chat_messages, encode_prompt, encode_qa, wrap_question
 from llmpost.utils import DataError, StrEnum, parse_enum
+
+logger = logging.getLogger(__name__)
 
 MATH_COLUMNS = ("problem", "solution", "answer", "subject", "level", "unique_id")
 MATH500_HUB_ID = "HuggingFaceH4/MATH-500"
@@ -48,6 +55,12 @@ class MathTarget(StrEnum):
     SOLUTION = "solution"
     DIRECT = "direct"
     BOXED = "boxed"
+
+
+def problem_text(template, problem: str) -> str:
+    """``problem`` through the template's ``problem_template`` (``{problem}`` replaced by it; other braces, such as
+    ``\\boxed{}``, are kept as written). A template without the field (a plain ``TemplateArgs``) leaves it unchanged."""
+    return getattr(template, "problem_template", "{problem}").replace("{problem}", problem)
 
 
 def target_text(row: dict, target: MathTarget | str) -> str:
@@ -124,6 +137,12 @@ class MathTemplateArgs(TemplateArgs):
     user_start_tag: str = field(default="Problem: ", metadata={"help": "Text before the problem (base models)."})
     user_end_tag: str = field(default="\nGive the final answer in \\boxed{}.\n", metadata={"help": "Text after the problem."})
     asst_start_tag: str = field(default="Solution: ", metadata={"help": "Text before the answer (base models)."})
+    problem_template: str = field(default="{problem}", metadata={"help": "The problem's text in the prompt (chat: the "
+                                  "user turn); {problem} is replaced by the problem."})
+
+    def __post_init__(self):
+        if "{problem}" not in self.problem_template:
+            raise ValueError(f"problem_template: must contain {{problem}}, got {self.problem_template!r}")
 
 
 @dataclass
@@ -147,8 +166,13 @@ class MathArguments(MathTemplateArgs):
     eval_max_problems: int | None = field(default=None, metadata={"help": "Evaluate the first N problems only (smoke runs)."})
     generation_backend: str = field(default="transformers", metadata={"help": "'transformers' or 'vllm' (GPU, optional)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds results."})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "GRPO: drop training problems whose prompt is "
+                                          "longer than this many tokens (None: keep all)."})
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens: must be >= 1 or null, got {self.max_prompt_tokens}")
         for name, enum in (("target", MathTarget), ("task", MathTask)):
             setattr(self, name, parse_enum(name, getattr(self, name), enum))
         if self.eval_num_samples < 1:
@@ -162,12 +186,13 @@ class MathArguments(MathTemplateArgs):
             size = self.arithmetic_train_size if split == "train" else self.arithmetic_test_size
             rows = arithmetic_problems(split, size, self.arithmetic_seed, self.arithmetic_max_operand)
             return datasets.Dataset.from_list(rows)
-        ds = load_math(self.train_file if split == "train" else self.eval_file)
-        if split == "train":
+        if split == "train":  # training rows need no unique_id (e.g. agentica-org/DeepScaleR-Preview-Dataset has none)
+            ds = load_math(self.train_file, required=("problem", "answer"))
             missing = [c for c in ("solution",) if self.target == MathTarget.SOLUTION and c not in ds.column_names]
             if missing:
                 raise DataError(f"{self.train_file}: target 'solution' needs a 'solution' column")
-        return ds
+            return ds
+        return load_math(self.eval_file)
 
 
 def tokenize_math(ds: datasets.Dataset, tokenizer, template: TemplateArgs, target: MathTarget | str,
@@ -175,7 +200,8 @@ def tokenize_math(ds: datasets.Dataset, tokenizer, template: TemplateArgs, targe
     """Tokenised training rows (``input_ids``, ``labels`` over the answer + EOS only, ``attention_mask``, ``index``)."""
 
     def fn(row, idx):
-        return {**encode_qa(tokenizer, template, row["problem"], target_text(row, target), max_length), "index": idx}
+        question = problem_text(template, row["problem"])
+        return {**encode_qa(tokenizer, template, question, target_text(row, target), max_length), "index": idx}
 
     return ds.map(fn, with_indices=True, remove_columns=ds.column_names, desc="Tokenising")
 
@@ -183,7 +209,7 @@ def tokenize_math(ds: datasets.Dataset, tokenizer, template: TemplateArgs, targe
 def math_prompts(rows, tokenizer, template: TemplateArgs, max_length: int) -> list[list[int]]:
     """Token ids of each problem's generation prompt (ends with the answer start tag or the chat generation prompt);
     ``rows``: a dataset or a list of rows with a ``problem``."""
-    return [encode_prompt(tokenizer, template, row["problem"], max_length) for row in rows]
+    return [encode_prompt(tokenizer, template, problem_text(template, row["problem"]), max_length) for row in rows]
 
 
 def grpo_prompts(ds: datasets.Dataset, template: TemplateArgs) -> datasets.Dataset:
@@ -191,7 +217,24 @@ def grpo_prompts(ds: datasets.Dataset, template: TemplateArgs) -> datasets.Datas
     TRL applies the chat template itself) and the gold ``answer`` (a string; reward functions get it as a kwarg)."""
 
     def fn(row):
-        prompt = chat_messages(template, row["problem"], None) if template.apply_chat_template else wrap_question(template, row["problem"])
+        question = problem_text(template, row["problem"])
+        prompt = chat_messages(template, question, None) if template.apply_chat_template else wrap_question(template, question)
         return {"prompt": prompt, "answer": str(row["answer"])}
 
     return ds.map(fn, remove_columns=ds.column_names, desc="Prompts")
+
+
+def drop_long_prompts(ds: datasets.Dataset, tokenizer, template: TemplateArgs, max_tokens: int) -> datasets.Dataset:
+    """The rows of ``grpo_prompts(ds, template)``-style data whose generation prompt (chat template applied, as TRL
+    will) has at most ``max_tokens`` tokens (the paper's "max prompt length 512", arXiv 2510.00915 Table 7; verl's
+    ``filter_overlong_prompts``). Logs how many were dropped; DataError if none is left."""
+    def short(row):
+        ids = (encode_prompt(tokenizer, template, row["prompt"][-1]["content"], max_tokens + 1)
+               if template.apply_chat_template else tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
+        return len(ids) <= max_tokens
+
+    kept = ds.filter(short, desc=f"Prompts of <= {max_tokens} tokens")
+    logger.info("max_prompt_tokens=%d: kept %d of %d training prompts", max_tokens, len(kept), len(ds))
+    if len(kept) == 0:
+        raise DataError(f"max_prompt_tokens={max_tokens}: every training prompt is longer")
+    return kept
