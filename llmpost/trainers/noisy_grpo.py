@@ -64,13 +64,12 @@ from llmpost.losses.noisy_grpo import (
     advantage_audit,
     advantages,
     channel_scale,
-    check_rate,
     corrected_scores,
     leave_one_out_baseline,
 )
 from llmpost.rewards.appeals import AppealEstimator, Rho1Estimator
 from llmpost.rewards.verifiers import Verifier, VerifyStats, safe_verify
-from llmpost.utils import Ema, StrEnum, parse_enum
+from llmpost.utils import Ema, StrEnum, check_rate, parse_enum
 
 logger = logging.getLogger(__name__)
 
