@@ -232,7 +232,7 @@ def _answer_stats(model, rows, tokenizer):
     return sequence_logps(logps, mask), masked_mean(logps.exp(), mask)
 
 
-@pytest.mark.parametrize("method,extra", [("flat", {}), ("flat", {"flat_divergence": "js", "flat_reduction": "batch"}),
+@pytest.mark.parametrize("method,extra", [("flat", {}), ("flat", {"flat_divergence": "kl"}), ("flat", {"flat_divergence": "js", "flat_reduction": "batch"}),
                                           ("flat", {"flat_divergence": "reverse_kl"}), ("idk_dpo", {})])
 def test_flat_and_idk_dpo_lower_forget_and_raise_template_likelihood(tmp_path, splits, templates, tokenizer, method, extra):
     """Each moves what it optimises: FLAT the answers' mean token probability (template up, forget down), IdkDPO the

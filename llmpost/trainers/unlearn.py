@@ -87,7 +87,7 @@ class UnlearnConfig(ReferenceConfig):
     retain_loss: RetainLoss = field(default=RetainLoss.NLL, metadata={"help": "Retain term: 'nll' or 'kl' (to the reference)."})
     simnpo_beta: float = field(default=1.0, metadata={"help": "SimNPO beta (open-unlearning SimNPO default 1.0)."})
     simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
-    flat_divergence: FDivergence = field(default=FDivergence.KL, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (KL: the variant later papers compare against)."})
+    flat_divergence: FDivergence = field(default=FDivergence.TV, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (the authors' default: total variation, UCSC-REAL/FLAT config/forget.yaml `variants: Total-Variation` and get_contrastive_loss)."})
     flat_reduction: FlatReduction = field(default=FlatReduction.EXAMPLE, metadata={"help": "FLAT: 'example' (per-example, batch-split invariant) or 'batch' (the authors' batch-mean probabilities)."})
 
     def __post_init__(self):
