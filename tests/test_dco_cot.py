@@ -179,6 +179,15 @@ def test_missing_generation_columns_is_an_error(tmp_path, rows, tokenizer):
         _trainer(tmp_path, rows.remove_columns(["prompt_ids", "answer"]), tokenizer)
 
 
+def test_vllm_backend_without_vllm_fails_before_training(tmp_path, rows, tokenizer, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ImportError, match="cot_backend: 'vllm' needs vLLM"):
+        _trainer(tmp_path, rows, tokenizer, cot_backend="vllm")
+
+
 def _run(tmp_path, train, tokenizer, monkeypatch, **kw):
     """A few steps with the real sampler (the tiny model, 4 samples of 6 tokens per row), recording its samples."""
     import llmpost.trainers.dco_cot as dco_cot

@@ -16,6 +16,7 @@ from ``seed``). The authors instead seed their vLLM engine once (``construct_inf
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 
@@ -84,6 +85,9 @@ class CoTScorer:
         self.args, self.tokenizer, self.accelerator = args, tokenizer, accelerator
         self.prompt_ids, self.answers = prompt_ids, answers
         self.backend = GenerationBackend(args.cot_backend)
+        if self.backend == GenerationBackend.VLLM and importlib.util.find_spec("vllm") is None:  # fail before training
+            raise ImportError("cot_backend: 'vllm' needs vLLM, which is not installed (`pip install llmpost[vllm]`, GPU); "
+                              "or use cot_backend: transformers")  # fmt: skip
         # generation batches one call needs at most: the seed stride between calls and processes
         self.stride = max(1, math.ceil(rows_per_call * args.cot_num_samples / args.cot_generation_batch_size))
         self.calls = 0
