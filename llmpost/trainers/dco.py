@@ -256,7 +256,7 @@ class DCOTrainer(LlmpostTrainer):
         if warmup:
             p_hat = torch.zeros(len(index), dtype=torch.float64, device=index.device)
         else:
-            p_hat, _ = self.cot.p_hat(self.model, index.tolist(), self.state.global_step)
+            p_hat, _ = self.cot.p_hat(self.model, self.model_wrapped, index.tolist(), self.state.global_step)
             p_hat = p_hat.to(index.device)
         keep = (p_hat < args.dco_threshold) if (args.filtering and not warmup) else torch.ones_like(p_hat, dtype=torch.bool)
         padded = torch.full((width,), -1, dtype=torch.long, device=index.device)

@@ -99,10 +99,8 @@ class CoTScorer:
                               max_new_tokens=a.cot_max_new_tokens, seed=seed, batch_size=a.cot_generation_batch_size,
                               backend=self.backend)  # fmt: skip
 
-    def _engine(self, model, step: int):
-        """The model to sample from: the training model, or the colocated vLLM engine with its weights."""
-        if self.backend == GenerationBackend.TRANSFORMERS:
-            return model
+    def _vllm_engine(self, model, step: int):
+        """The colocated vLLM engine (built on first use), its weights synced from ``model`` when they changed."""
         if self._vllm is None:  # TRL's colocated engine: built from model.name_or_path, synced by TRL's gather code
             from trl.generation.vllm_generation import VLLMGeneration
 
@@ -115,22 +113,32 @@ class CoTScorer:
             self._synced_step = step
         return self._vllm.llm
 
+    def _sample(self, model, model_wrapped, prompts: list[list[int]], settings: SampleSettings, step: int):
+        if self.backend == GenerationBackend.VLLM:
+            return generate_samples(self._vllm_engine(model, step), self.tokenizer, prompts, settings)
+        # The training model; under ZeRO-3 its parameters are gathered once for the whole call (TRL's helper), as
+        # gathering them layer by layer inside the decoding loop's inference mode would leave inference tensors behind.
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(model_wrapped, self.accelerator) as unwrapped:
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                return generate_samples(unwrapped, self.tokenizer, prompts, settings)
+            finally:
+                unwrapped.train(was_training)
+
     @torch.no_grad()
-    def p_hat(self, model, indices: Sequence[int], step: int) -> tuple[torch.Tensor, list[list[str]]]:
-        """``(p^, completions)`` for this process's rows ``indices``; ``step``: the optimizer steps taken so far (the
-        vLLM engine is re-synced when it changes). Every process must call it together (seeds count the calls; the
-        vLLM weight sync is collective)."""
+    def p_hat(self, model, model_wrapped, indices: Sequence[int], step: int) -> tuple[torch.Tensor, list[list[str]]]:
+        """``(p^, completions)`` for this process's rows ``indices``. ``model``: the trainer's (unwrapped) model,
+        ``model_wrapped``: its DDP/DeepSpeed wrapper; ``step``: the optimizer steps taken so far (the vLLM engine is
+        re-synced when it changes). Every process must call it together (seeds count the calls; gathering ZeRO-3
+        parameters and the vLLM weight sync are collective)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         seed = self.args.cot_seed + (self.calls * world + rank) * self.stride
         self.calls += 1
-        engine = self._engine(model, step)
-        was_training = model.training
-        model.eval()
-        try:
-            prompts = [list(self.prompt_ids[i]) for i in indices]
-            completions = generate_samples(engine, self.tokenizer, prompts, self.settings(seed))
-        finally:
-            model.train(was_training)
+        prompts = [list(self.prompt_ids[i]) for i in indices]
+        completions = self._sample(model, model_wrapped, prompts, self.settings(seed), step)
         verdicts = grade_samples(completions, [self.answers[i] for i in indices], self.args.cot_grader)
         n = self.args.cot_num_samples
         return torch.tensor([sum(v) / n for v in verdicts], dtype=torch.float64), completions
