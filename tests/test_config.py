@@ -80,7 +80,7 @@ SHIPPED = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "configs").glob("
 def test_there_are_shipped_configs():
     assert {p.name for p in SHIPPED} >= {"npo_tofu.yaml", "npo_tofu_tiny.yaml", "finetune_tofu.yaml", "finetune_tofu_tiny.yaml",
                                        "npo_muse.yaml", "npo_muse_tiny.yaml", "finetune_muse.yaml", "finetune_muse_tiny.yaml",
-                                       "dco_math.yaml", "dco_math_tiny.yaml"}
+                                       "dco_math.yaml", "dco_math_tiny.yaml", "dco_math_cot.yaml", "dco_math_cot_tiny.yaml"}
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=lambda p: str(p.relative_to(ROOT / "configs")))

@@ -76,3 +76,25 @@ def test_filter_on_two_processes_matches_one_process(backend, warm, single, tmp_
         assert torch.equal(value, ranks[1]["state"][key]), key  # ranks agree bitwise
     diff = sum((ranks[0]["state"][k] - single["state"][k]).norm() ** 2 for k in single["state"]) ** 0.5
     assert diff < 1e-4  # the weights match the single process's (fp32, only the reduction order differs)
+
+
+@pytest.mark.parametrize("backend", list(CPU_BACKENDS))
+def test_cot_mode_on_two_processes(backend, warm, tmp_path_factory):
+    """dco_mode: cot on two processes: each rank samples for its own candidates (seeds differ by rank), the kept rows and
+    their p^ are gathered into one queue, the ranks train disjoint halves of each global batch and end identical.
+    Under ZeRO-3 the sampling gathers the parameters first (decoding with layer-wise gathering inside inference mode
+    left inference tensors that broke the next backward). The warm model answers "$a+b$" often enough for math-verify to
+    grade some samples correct, so the filter (p^ >= 1/8 dropped) really drops rows."""
+    config, extra, use_cpu = CPU_BACKENDS[backend]
+    d2 = tmp_path_factory.mktemp(f"cot_{backend}")
+    cot = dict(dco_mode="cot", dco_n=4, dco_threshold=0.1, cot_num_samples=8, cot_max_new_tokens=6, cot_warmup_steps=1,
+               cot_grader="math_verify", max_steps=4)  # fmt: skip
+    ranks = run_dumped(accelerate_cmd(config, HELPER, _args(warm, d2 / "out", 2, **cot, **extra)), d2, 2, use_cpu=use_cpu)
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["kept_fraction"] == ranks[1]["kept_fraction"]
+    assert min(ranks[0]["kept_fraction"]) < 1  # sampled solutions graded correct: rows were dropped
+    a, b = _steps(ranks[0]), _steps(ranks[1])
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    for step in a:
+        assert len(a[step]) == len(b[step]) == 4 and len(set(a[step] + b[step])) == 8  # disjoint halves, all distinct
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key  # ranks agree bitwise

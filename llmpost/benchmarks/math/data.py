@@ -196,12 +196,19 @@ class MathArguments(MathTemplateArgs):
 
 
 def tokenize_math(ds: datasets.Dataset, tokenizer, template: TemplateArgs, target: MathTarget | str,
-                  max_length: int) -> datasets.Dataset:
-    """Tokenised training rows (``input_ids``, ``labels`` over the answer + EOS only, ``attention_mask``, ``index``)."""
+                  max_length: int, generation_columns: bool = False) -> datasets.Dataset:
+    """Tokenised training rows (``input_ids``, ``labels`` over the answer + EOS only, ``attention_mask``, ``index``).
+
+    ``generation_columns``: also keep what sampling and grading a row need (DCO's ``dco_mode: cot``): ``prompt_ids``,
+    the token ids of the generation prompt (:func:`math_prompts`' prompt), and ``answer``, the gold final answer as a
+    string. The collators drop both; the trainer reads them by ``index``."""
 
     def fn(row, idx):
         question = problem_text(template, row["problem"])
-        return {**encode_qa(tokenizer, template, question, target_text(row, target), max_length), "index": idx}
+        out = {**encode_qa(tokenizer, template, question, target_text(row, target), max_length), "index": idx}
+        if generation_columns:
+            out.update(prompt_ids=encode_prompt(tokenizer, template, question, max_length), answer=str(row["answer"]))
+        return out
 
     return ds.map(fn, with_indices=True, remove_columns=ds.column_names, desc="Tokenising")
 
