@@ -106,6 +106,7 @@ def check_results_dir(args: EvalArgs, benchmark: str, markers: tuple[str, ...]) 
 
 
 def check_model_flag(path: str, flag: str) -> str:
+    """:func:`llmpost.models.check_model_path` for the command line: a bad path is a :class:`CliError` naming ``--flag``."""
     from llmpost.models import ModelPathError, check_model_path
 
     try:
@@ -115,6 +116,8 @@ def check_model_flag(path: str, flag: str) -> str:
 
 
 def load_model_and_tokenizer(args: EvalArgs):
+    """The model to evaluate (full weights or a PEFT adapter, not merged) on ``--device``, and its tokenizer; a path
+    that does not exist or does not load is a :class:`CliError` naming the flag."""
     import torch
 
     from llmpost.models import load_saved_model, load_tokenizer
@@ -136,6 +139,7 @@ def load_model_and_tokenizer(args: EvalArgs):
 
 
 def parse_runs(specs: list[str]) -> dict[str, str]:
+    """``--run NAME=EVAL_DIR`` values -> ``{name: eval_dir}`` in order; a malformed one is a :class:`CliError`."""
     runs = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
