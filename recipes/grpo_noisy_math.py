@@ -39,10 +39,11 @@ from llmpost.utils import StrEnum, check_output_dir, parse_enum
 
 
 class VerifierKind(StrEnum):
-    """A verifier of ``llmpost.rewards.verifiers``."""
+    """A verifier of ``llmpost.rewards.verifiers``, or (appeals only) an LLM verifier (``llmpost.rewards.llm_verifier``)."""
 
     RULE_BASED = "rule_based"
     MATH_VERIFY = "math_verify"
+    LLM = "llm"
 
 
 def make_verifier(kind: VerifierKind | str):
@@ -51,6 +52,20 @@ def make_verifier(kind: VerifierKind | str):
             return rule_based_verifier
         case VerifierKind.MATH_VERIFY:
             return math_verify_verifier
+    raise ValueError(f"verifier {kind!r} needs a model: only appeal_verifier may be 'llm' (with appeal_verifier_model)")
+
+
+def make_appeal_verifier(reward_args: RewardArguments, problems):
+    """The appeals' checker. ``llm``: TinyV's prompt on ``appeal_verifier_model`` (vLLM where installed with CUDA);
+    the appeals path passes (completion, gold), so the question comes from the training ``problems`` by their gold
+    answer (a gold shared by several problems gets the last one's question)."""
+    if reward_args.appeal_verifier != VerifierKind.LLM:
+        return make_verifier(reward_args.appeal_verifier)
+    from llmpost.rewards.llm_verifier import LLMVerifier
+
+    verifier = LLMVerifier.from_pretrained(reward_args.appeal_verifier_model,
+                                           prompts_file=reward_args.appeal_verifier_prompts_file)  # fmt: skip
+    return verifier.as_verifier({str(a): q for a, q in zip(problems["answer"], problems["problem"])})
 
 
 @dataclass
@@ -63,11 +78,20 @@ class RewardArguments:
     noise_seed: int = field(default=0, metadata={"help": "Seed of the injected noise."})
     answer_prefix: str = field(default="", metadata={"help": "Prepended to completions before verifying (the answer "
                                                         "start the prompt wrote, e.g. \\boxed{)."})
-    appeal_verifier: VerifierKind = field(default=VerifierKind.MATH_VERIFY, metadata={"help": "Checker of the appeals."})
+    appeal_verifier: VerifierKind = field(default=VerifierKind.MATH_VERIFY, metadata={"help": "Checker of the appeals: "
+                                          "rule_based | math_verify | llm (appeal_verifier_model)."})
+    appeal_verifier_model: str | None = field(default=None, metadata={"help": "The LLM verifier of appeal_verifier: llm "
+                                              "(a path or hub id; TinyV, arXiv 2505.14625: zhangchenxu/TinyV-1.5B)."})
+    appeal_verifier_prompts_file: str | None = field(default=None, metadata={"help": "A tinyv_config.json-style file of "
+                                                     "verifier prompts (default: TinyV-1.5B's, built in)."})
 
     def __post_init__(self):
         for name in ("verifier", "appeal_verifier"):
             setattr(self, name, parse_enum(name, getattr(self, name), VerifierKind))
+        if self.verifier == VerifierKind.LLM:
+            raise ValueError("verifier: 'llm' is for appeals only (appeal_verifier); use rule_based or math_verify")
+        if self.appeal_verifier == VerifierKind.LLM and not self.appeal_verifier_model:
+            raise ValueError("appeal_verifier_model: appeal_verifier 'llm' needs a model (e.g. zhangchenxu/TinyV-1.5B)")
         try:
             NoiseRates(self.noise_rho0, self.noise_rho1)
         except ValueError as e:
@@ -109,13 +133,14 @@ def build(argv=None, trainer_cls=None):
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     evaluate = math_evaluator(data_args)  # loads the test problems now: a bad file stops before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
-    train = grpo_prompts(data_args.problems("train"), data_args)
+    problems = data_args.problems("train")
+    train = grpo_prompts(problems, data_args)
     if data_args.max_prompt_tokens:  # TRL 1.16 has no prompt length limit of its own
         train = drop_long_prompts(train, tokenizer, data_args, data_args.max_prompt_tokens)
     model = load_model(model_args, args.trust_remote_code)
     trainer = trainer_cls(
         model, reward_funcs=build_reward(reward_args), args=args, train_dataset=train, processing_class=tokenizer,
-        peft_config=get_peft_config(model_args), appeal_verifier=make_verifier(reward_args.appeal_verifier),
+        peft_config=get_peft_config(model_args), appeal_verifier=make_appeal_verifier(reward_args, problems),
     )
     if curve_args.heldout_eval_steps:
         settings = MathEvalSettings(num_samples=curve_args.heldout_num_samples, temperature=data_args.eval_temperature,

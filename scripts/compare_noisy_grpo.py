@@ -50,7 +50,7 @@ MATCHED_CONTROL = {"backward": "uncorrected", "forward": "uncorrected", "forward
 # The same pairs of the GPU configs, math_<mode>.yaml (not run by this script; tested like the tiny ones)
 MATH_MATCHED_CONTROL = {"forward": "uncorrected", "backward": "uncorrected_loo",
                         "forward_appeals": "uncorrected_appeals", "rule_based_appeals": "rule_based_uncorrected",
-                        "vllm_server": "uncorrected_appeals"}
+                        "rule_based_tinyv_appeals": "rule_based_tinyv_uncorrected", "vllm_server": "uncorrected_appeals"}
 INJECTED_RHO1 = 0.3  # configs/grpo_noisy_math_tiny.yaml
 TAIL = 50  # steps over which the end-of-training rollout rewards are averaged
 ALWAYS_DIFFERENT = {"correction", "output_dir"}  # what a corrected run and its control differ in by definition

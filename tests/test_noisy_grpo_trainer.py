@@ -294,3 +294,30 @@ def test_comparison_plan_adds_the_controls_and_dry_runs(capsys):
                                         {"clean_reward_end": 0.2, "heldout_pass@1_end": 0.3}])
     assert diffs["clean_reward_end_minus_control"] == pytest.approx((0.2, 0.1))  # diffs 0.1, 0.3: mean 0.2, s.e. 0.1
     assert diffs["heldout_pass@1_end_minus_control"] == pytest.approx((0.1, 0.1))
+
+
+def test_llm_appeal_verifier_from_the_recipe(tmp_path, monkeypatch):
+    """appeal_verifier: llm builds TinyV's prompt on appeal_verifier_model (here the tiny model, for the plumbing only:
+    its answers are not True/False) and shows it the training problem of each appealed gold answer."""
+    from llmpost.rewards.llm_verifier import LLMVerifier
+
+    extra = ["--correction", "forward", "--appeals_fraction", "0.5", "--appeal_verifier", "llm",
+             "--appeal_verifier_model", str(TINY_MODEL), "--output_dir", str(tmp_path)]
+    trainer, _ = recipe.build([*BASE, *extra])
+    strong = trainer.appeals.strong
+    answers = list(trainer.train_dataset["answer"])
+    row = next(i for i, a in enumerate(answers) if answers.count(a) == 1)  # a gold answer of one problem only
+    gold, prompt = answers[row], trainer.train_dataset[row]["prompt"]
+    assert strong("The answer is \\boxed{" + gold + "}", gold) in (0, 1)  # the real model: a 0/1 verdict
+    seen = []
+    monkeypatch.setattr(LLMVerifier, "verify_batch", lambda self, q, g, c: seen.append((q, g, c)) or [1] * len(q))
+    assert strong("x", gold) == 1
+    (questions, golds, _), = seen
+    assert golds == [gold] and questions[0] and questions[0] in prompt  # the question of that gold's problem
+
+
+@pytest.mark.parametrize("flags,key", [(["--appeal_verifier", "llm"], "appeal_verifier_model"),
+                                       (["--verifier", "llm"], "verifier")])
+def test_llm_verifier_config_errors_name_the_key(tmp_path, flags, key):
+    with pytest.raises(ValueError, match=key):
+        recipe.build([*BASE, *flags, "--output_dir", str(tmp_path)])
