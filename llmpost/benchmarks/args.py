@@ -80,6 +80,13 @@ class EvalArgs:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace results already in output_dir."})
 
 
+def args_from_namespace(cls, ns: argparse.Namespace):
+    """An instance of the dataclass ``cls`` from the parsed flags that are its fields (the other flags, e.g. a
+    template's, are left for their own dataclass)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
 def validate_eval_args(args: EvalArgs, positive: tuple[str, ...]) -> None:
     """The checks every benchmark's options share: ``positive`` ints >= 1, max_examples, dtype, data_dir."""
     for name in positive:

@@ -20,6 +20,7 @@ from llmpost.benchmarks.args import (
     EvalArgs,
     add_dataclass_args,
     add_report_parser,
+    args_from_namespace,
     check_results_dir,
     load_model_and_tokenizer,
     validate_eval_args,
@@ -78,9 +79,8 @@ def run_eval_math(ns: argparse.Namespace) -> int:
         write_results,
     )
 
-    names = {f.name for f in dataclasses.fields(MathEvalArgs)}
-    args = MathEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
-    template = MathTemplateArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(MathTemplateArgs)})
+    args = args_from_namespace(MathEvalArgs, ns)
+    template = args_from_namespace(MathTemplateArgs, ns)
     _validate(args)
     check_results_dir(args, "MATH", (EVAL_FILE, SUMMARY_FILE))
     problems = load_math(args.data_file)  # fails on a bad file before the (slow) model load

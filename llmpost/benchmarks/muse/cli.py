@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from llmpost.benchmarks.args import (
     EvalArgs,
     add_dataclass_args,
     add_report_parser,
+    args_from_namespace,
     check_results_dir,
     load_model_and_tokenizer,
     validate_eval_args,
@@ -56,8 +56,7 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     )
     from llmpost.eval.stats import format_table
 
-    names = {f.name for f in dataclasses.fields(MuseEvalArgs)}
-    args = MuseEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    args = args_from_namespace(MuseEvalArgs, ns)
     _validate_muse_args(args)
     check_results_dir(args, "MUSE", (EVAL_FILE, SUMMARY_FILE))
     # Fail on missing data or a bad retain log before the (slow) model load.

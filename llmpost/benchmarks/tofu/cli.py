@@ -13,6 +13,7 @@ from llmpost.benchmarks.args import (
     EvalArgs,
     add_dataclass_args,
     add_report_parser,
+    args_from_namespace,
     check_results_dir,
     load_model_and_tokenizer,
     validate_eval_args,
@@ -54,9 +55,8 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
         load_retain_logs,
     )
 
-    names = {f.name for f in dataclasses.fields(TofuEvalArgs)}
-    args = TofuEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
-    template = TemplateArgs(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TemplateArgs)})
+    args = args_from_namespace(TofuEvalArgs, ns)
+    template = args_from_namespace(TemplateArgs, ns)
     _validate_tofu_args(args)
     check_results_dir(args, "TOFU", (EVAL_FILE, SUMMARY_FILE))
     # Fail on missing data or a bad retain log before the (slow) model load.

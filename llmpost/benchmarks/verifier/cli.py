@@ -11,11 +11,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmpost.benchmarks.args import CliError, add_dataclass_args, check_model_flag, check_results_dir, parse_runs
+from llmpost.benchmarks.args import (
+    CliError,
+    add_dataclass_args,
+    args_from_namespace,
+    check_model_flag,
+    check_results_dir,
+    parse_runs,
+)
 
 RULE_VERIFIERS = ("rule_based", "math_verify")
 
@@ -93,8 +99,7 @@ def run_eval_verifier(ns: argparse.Namespace) -> int:
         rule_based_judge,
     )
 
-    names = {f.name for f in dataclasses.fields(VerifierEvalArgs)}
-    args = VerifierEvalArgs(**{k: v for k, v in vars(ns).items() if k in names})
+    args = args_from_namespace(VerifierEvalArgs, ns)
     _validate(args)
     check_results_dir(args, "verifier", (EVAL_FILE, SUMMARY_FILE))
     items = load_hardverify(args.data_file)  # a bad file stops before the (slow) verifier load
