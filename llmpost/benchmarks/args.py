@@ -87,15 +87,24 @@ def args_from_namespace(cls, ns: argparse.Namespace):
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
 
 
+def check_dtype(dtype: str) -> None:
+    """``--dtype``: one a model can be loaded in."""
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+
+
 def validate_eval_args(args: EvalArgs, positive: tuple[str, ...]) -> None:
-    """The checks every benchmark's options share: ``positive`` ints >= 1, max_examples, dtype, data_dir."""
+    """The checks every benchmark's options share: ``positive`` ints >= 1, max_examples, dtype, generation_backend
+    and data_dir (the last two where the options have them)."""
     for name in positive:
         if getattr(args, name) < 1:
             raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_examples is not None and args.max_examples < 1:
         raise CliError(f"--max_examples must be >= 1, got {args.max_examples}")
-    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    check_dtype(args.dtype)
+    backend = getattr(args, "generation_backend", None)
+    if backend is not None and backend not in ("transformers", "vllm"):
+        raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {backend!r}")
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise CliError(f"--data_dir {data_dir!r} is not a directory")

@@ -58,8 +58,6 @@ def _validate(args: MathEvalArgs) -> None:
         raise CliError(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.grading_timeout <= 0:
         raise CliError(f"--grading_timeout must be > 0, got {args.grading_timeout}")
-    if args.generation_backend not in ("transformers", "vllm"):
-        raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {args.generation_backend!r}")
     if args.predictions is not None and not Path(args.predictions).is_file():
         raise CliError(f"--predictions {args.predictions!r} does not exist")
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmpost.benchmarks.args import (
-    CliError,
     EvalArgs,
     add_dataclass_args,
     add_report_parser,
@@ -37,12 +36,6 @@ class TofuEvalArgs(EvalArgs):
     generation_backend: str = field(default="transformers", metadata={"help": "transformers or vllm (GPU)."})
 
 
-def _validate_tofu_args(args: TofuEvalArgs) -> None:
-    validate_eval_args(args, ("batch_size", "max_length", "max_new_tokens"))
-    if args.generation_backend not in ("transformers", "vllm"):
-        raise CliError(f"--generation_backend must be 'transformers' or 'vllm', got {args.generation_backend!r}")
-
-
 def run_eval_tofu(ns: argparse.Namespace) -> int:
     """``llmpost eval tofu``: check every input, load, evaluate, write the two result files, print the summary."""
     from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
@@ -57,7 +50,7 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
 
     args = args_from_namespace(TofuEvalArgs, ns)
     template = args_from_namespace(TemplateArgs, ns)
-    _validate_tofu_args(args)
+    validate_eval_args(args, ("batch_size", "max_length", "max_new_tokens"))
     check_results_dir(args, "TOFU", (EVAL_FILE, SUMMARY_FILE))
     # Fail on missing data or a bad retain log before the (slow) model load.
     load_tofu_eval_splits(args.data_dir, args.forget_split, args.holdout_split, args.max_examples)

@@ -18,6 +18,7 @@ from llmpost.benchmarks.args import (
     CliError,
     add_dataclass_args,
     args_from_namespace,
+    check_dtype,
     check_model_flag,
     check_results_dir,
     parse_runs,
@@ -78,8 +79,7 @@ def _validate(args: VerifierEvalArgs) -> None:
             raise CliError(f"--{name} must be > 0 seconds, got {getattr(args, name)}")
     if args.llm_backend not in ("auto", "transformers", "vllm"):
         raise CliError(f"--llm_backend must be auto, transformers or vllm, got {args.llm_backend!r}")
-    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CliError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    check_dtype(args.dtype)
     if args.llm_verifier_model:
         check_model_flag(args.llm_verifier_model, "llm_verifier_model")
     if args.llm_verifier_prompts and not Path(args.llm_verifier_prompts).is_file():
