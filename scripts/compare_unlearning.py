@@ -36,10 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmpost.benchmarks.muse.report import plot_muse_runs
-from llmpost.benchmarks.tofu.report import TABLE_KEYS, load_run, plot_runs
-from llmpost.eval.stats import load_summary, markdown_table
-from llmpost.runner import RecipeRunner
+from llmpost.benchmarks.muse.report import plot_muse_runs  # noqa: E402
+from llmpost.benchmarks.tofu.report import TABLE_KEYS, load_run, plot_runs  # noqa: E402
+from llmpost.eval.stats import load_summary, markdown_table  # noqa: E402
+from llmpost.runner import RecipeRunner  # noqa: E402
 from llmpost.trainers.unlearn import UnlearnMethod  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
