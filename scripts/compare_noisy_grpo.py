@@ -1,25 +1,30 @@
-"""Noisy-verifier GRPO on the tiny arithmetic task: each correction against its matched uncorrected control, plus clean
-rewards, at equal budget over several seeds; one table and one plot (issues 7 and 17).
+"""Noisy-verifier GRPO on the tiny arithmetic task (arXiv 2510.00915, Sec. 4.4 at CPU scale): each correction against
+its matched uncorrected control and the clean oracle, at equal budget over several seeds; then the misspecification grid
+of the rates the corrections assume. Tables and plots (issues 7 and 17).
 
-    python scripts/compare_noisy_grpo.py                         # every mode x 3 seeds, CPU, about 2 h on 2 cores
+    python scripts/compare_noisy_grpo.py --grid                  # 6 modes x 3 seeds + the grid, CPU, ~2 h on 2 cores
     python scripts/compare_noisy_grpo.py --modes backward_loo --seeds 0 --jobs 1    # + its control uncorrected_loo
-    python scripts/compare_noisy_grpo.py --dry_run               # the runs and the pairs, checked; trains nothing
+    python scripts/compare_noisy_grpo.py --dry_run --grid        # the runs and the pairs, checked; trains nothing
 
 1. Warm start (``configs/grpo_noisy_math/tiny_sft.yaml``): stories260K fine-tuned with cross-entropy on the 400
    training problems, so that GRPO starts with some correct samples (an untrained model gets no reward at all).
-2. GRPO from it with ``configs/grpo_noisy_math/tiny_<mode>.yaml``: a rule-based verifier whose correct verdicts are
-   flipped to 0 with probability 0.3 (injected false negatives, seeded), except ``clean``; each seed changes the
-   training seed and the noise stream. Every correction runs with its matched control (arXiv 2510.00915, B.5:
-   ``MATCHED_CONTROL``, the uncorrected run through the same advantage path), added when not asked for; the pair's
-   configs must agree on every key that shapes the control's advantages (``matched_control_mismatches``).
-3. From each run's ``log_history.json``: the clean correctness of the training rollouts (``noisy/clean_reward``, the
+2. GRPO from it with ``configs/grpo_noisy_math/tiny_<mode>.yaml``: a rule-based verifier seen through injected noise at
+   the paper's rates (rho0 = 0.1: a wrong answer is rewarded; rho1 = 0.2: a right one is not; Sec. 4.2, seeded), except
+   ``clean``; each seed changes the training seed and the noise stream. Every correction runs with its matched control
+   (B.5: ``MATCHED_CONTROL``, the uncorrected run through the same advantage path), added when not asked for; the
+   pair's configs must agree on every key that shapes the control's advantages (``matched_control_mismatches``).
+3. ``--grid``: the corrections in ``--grid_modes`` (PGBC with the leave-one-out baseline, PGFC) at the first seed with
+   every assumed rho0^ in ``GRID_RHO0`` and rho1^ in ``GRID_RHO1`` (Sec. 4.4), the injected rates unchanged; the cell
+   of the injected rates is the main run of that seed. Each cell is compared with the mode's matched control.
+4. From each run's ``log_history.json``: the clean correctness of the training rollouts (``noisy/clean_reward``, the
    oracle verdict of the same completions, never used for training), held-out pass@1 on the 64 test problems every
    50 steps (``heldout/pass@1``, 8 samples per problem), the appeals' rho1^ and the B.10 audit against the matched
    control (``noisy/audit_*``); from ``eval/MATH_SUMMARY.json`` the final held-out pass@1 and pass@16 (16 samples);
    for each correction, its difference from its control per seed (mean ± s.e. over seeds).
 
-Writes into ``--out``: ``noisy_grpo.md``, ``noisy_grpo.json`` (every number, the machine and the wall times) and
-``noisy_grpo.png``. A finished run is reused (``--rerun`` trains it again), so an interrupted comparison resumes.
+Writes into ``--out``: ``noisy_grpo.md``, ``noisy_grpo.json`` (every number, the machine and the wall times),
+``noisy_grpo.png``, and with ``--grid`` ``noisy_grpo_grid.md`` and ``noisy_grpo_grid.png``. A finished run is reused
+(``--rerun`` trains it again), so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "grpo_noisy_math"
 MODES = ["clean", "uncorrected", "backward", "forward", "forward_appeals", "uncorrected_loo", "backward_loo"]
+DEFAULT_MODES = ["clean", "uncorrected", "uncorrected_loo", "backward_loo", "forward", "forward_appeals"]  # Sec. 4.4
 # Each correction and the uncorrected run through its advantage path (arXiv 2510.00915, B.5), tiny_<mode>.yaml
 MATCHED_CONTROL = {"backward": "uncorrected", "forward": "uncorrected", "forward_appeals": "uncorrected",
                    "backward_loo": "uncorrected_loo"}
@@ -51,7 +57,9 @@ MATCHED_CONTROL = {"backward": "uncorrected", "forward": "uncorrected", "forward
 MATH_MATCHED_CONTROL = {"forward": "uncorrected", "backward": "uncorrected_loo",
                         "forward_appeals": "uncorrected_appeals", "rule_based_appeals": "rule_based_uncorrected",
                         "rule_based_tinyv_appeals": "rule_based_tinyv_uncorrected", "vllm_server": "uncorrected_appeals"}
-INJECTED_RHO1 = 0.3  # configs/grpo_noisy_math_tiny.yaml
+INJECTED_RHO0, INJECTED_RHO1 = 0.1, 0.2  # configs/grpo_noisy_math_tiny.yaml (Sec. 4.2)
+GRID_RHO0, GRID_RHO1 = (0.0, 0.1, 0.2), (0.1, 0.2, 0.3)  # the assumed rates of the misspecification grid (Sec. 4.4)
+GRID_MODES = ["backward_loo", "forward"]
 TAIL = 50  # steps over which the end-of-training rollout rewards are averaged
 ALWAYS_DIFFERENT = {"correction", "output_dir"}  # what a corrected run and its control differ in by definition
 RATE_KEYS = {"rho0", "rho1", "appeals_fraction", "appeals_estimator", "appeals_seed", "appeal_verifier",
@@ -98,7 +106,9 @@ def plan_modes(modes: list[str]) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/noisy_grpo", help="output directory (runs, table, plot)")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    p.add_argument("--modes", nargs="+", choices=MODES, default=DEFAULT_MODES)
+    p.add_argument("--grid", action="store_true", help="also run the misspecification grid (at the first seed)")
+    p.add_argument("--grid_modes", nargs="+", choices=sorted(MATCHED_CONTROL), default=GRID_MODES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2, help="GRPO runs at a time (one thread each)")
     p.add_argument("--warm_start", default=None, help="use this model as the warm start instead of training one")
@@ -150,14 +160,89 @@ def paired_differences(corrected: list[dict], control: list[dict], keys=("clean_
             for k in keys}
 
 
+def grid_cells(grid_modes: list[str]) -> list[tuple[str, float, float]]:
+    """The misspecification grid's runs: each mode at every assumed (rho0^, rho1^) but the injected rates (whose cell
+    is the mode's main run)."""
+    return [(m, r0, r1) for m in grid_modes for r0 in GRID_RHO0 for r1 in GRID_RHO1
+            if (r0, r1) != (INJECTED_RHO0, INJECTED_RHO1)]
+
+
+def grid_dir(out: Path, mode: str, rho0: float, rho1: float, seed: int) -> Path:
+    """A grid cell's run directory; the injected rates' cell is the main run of that mode and seed."""
+    if (rho0, rho1) == (INJECTED_RHO0, INJECTED_RHO1):
+        return out / f"{mode}_seed{seed}"
+    return out / f"grid_{mode}_rho0_{rho0:g}_rho1_{rho1:g}_seed{seed}"
+
+
+def grid_tables(out: Path, grid_modes: list[str], seed: int, per_run: dict, seeds: list[int]) -> tuple[str, dict]:
+    """Markdown tables of the grid (one per mode and metric: rows rho0^, columns rho1^, each cell minus the mode's
+    matched control at the same seed) and the numbers behind them."""
+    lines, numbers = [], {}
+    for mode in grid_modes:
+        control = per_run[MATCHED_CONTROL[mode]][seeds.index(seed)]
+        numbers[mode] = {"control": control, "cells": {}}
+        for key in ("clean_reward_end", "heldout_pass@1_end"):
+            lines += [f"**{mode}, {key}** (seed {seed}; its matched control {MATCHED_CONTROL[mode]}: "
+                      f"{control[key]:.3f}; the difference from it in brackets; injected rho0 = {INJECTED_RHO0}, "
+                      f"rho1 = {INJECTED_RHO1})", "",
+                      "| rho0^ \\ rho1^ | " + " | ".join(f"{r1:g}" for r1 in GRID_RHO1) + " |",
+                      "|---|" + "---|" * len(GRID_RHO1)]  # fmt: skip
+            for r0 in GRID_RHO0:
+                cells = []
+                for r1 in GRID_RHO1:
+                    m = run_metrics(grid_dir(out, mode, r0, r1, seed))
+                    numbers[mode]["cells"][f"{r0:g},{r1:g}"] = m
+                    cells.append(f"{m[key]:.3f} ({m[key] - control[key]:+.3f})")
+                lines.append(f"| {r0:g} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines), numbers
+
+
+def plot_grid(numbers: dict, path: Path) -> None:
+    """One heatmap per grid mode and metric: the cell minus the matched control."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("clean_reward_end", "heldout_pass@1_end")
+    fig, axes = plt.subplots(len(numbers), len(keys), figsize=(5 * len(keys), 4 * len(numbers)), squeeze=False)
+    for row, (mode, data) in enumerate(numbers.items()):
+        for col, key in enumerate(keys):
+            grid = [[data["cells"][f"{r0:g},{r1:g}"][key] - data["control"][key] for r1 in GRID_RHO1] for r0 in GRID_RHO0]
+            ax = axes[row][col]
+            bound = max(0.01, max(abs(v) for line in grid for v in line))
+            image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
+            for i, line in enumerate(grid):
+                for j, v in enumerate(line):
+                    ax.text(j, i, f"{v:+.3f}", ha="center", va="center", fontsize=9)
+            ax.set_xticks(range(len(GRID_RHO1)), [f"{r:g}" for r in GRID_RHO1])
+            ax.set_yticks(range(len(GRID_RHO0)), [f"{r:g}" for r in GRID_RHO0])
+            ax.set_xlabel("assumed rho1^")
+            ax.set_ylabel("assumed rho0^")
+            ax.set_title(f"{mode}: {key} minus control", fontsize=10)
+            fig.colorbar(image, ax=ax)
+    fig.suptitle(f"Misspecified rates (injected rho0 = {INJECTED_RHO0}, rho1 = {INJECTED_RHO1}), one seed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    modes = plan_modes(args.modes)
+    modes = plan_modes(args.modes + (args.grid_modes if args.grid else []))
     pairs = check_pairs({m: MATCHED_CONTROL[m] for m in modes if m in MATCHED_CONTROL}, "tiny_")
+    cells = grid_cells(args.grid_modes) if args.grid else []
     if args.dry_run:
         print("runs:", ", ".join(f"{m} (seeds {args.seeds})" for m in modes))
         for mode, control in pairs.items():
             print(f"pair: tiny_{mode}.yaml vs its matched control tiny_{control}.yaml")
+        if cells:
+            print(f"grid (seed {args.seeds[0]}): {len(cells)} more runs, " + ", ".join(
+                f"{m} rho0^={r0:g} rho1^={r1:g}" for m, r0, r1 in cells))
         return
     out = Path(args.out)
     runner = RecipeRunner(ROOT, args.rerun)
@@ -169,15 +254,16 @@ def main(argv=None) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # --jobs processes share the cores
 
     def grpo(job):
-        mode, seed = job
-        run_dir = out / f"{mode}_seed{seed}"
-        runner.run(f"{mode}/seed{seed}", run_dir / "eval" / "MATH_SUMMARY.json",
+        mode, seed, run_dir, flags = job
+        runner.run(f"{run_dir.name}", run_dir / "eval" / "MATH_SUMMARY.json",
                    ["recipes/grpo_noisy_math.py", "--config", f"configs/grpo_noisy_math/tiny_{mode}.yaml",
                     "--model_name_or_path", str(sft), "--output_dir", str(run_dir), "--overwrite_output_dir", "true",
                     "--seed", str(seed), "--noise_seed", str(seed), "--appeals_seed", str(seed), "--disable_tqdm",
-                    "true", *args.extra])  # fmt: skip
+                    "true", *flags, *args.extra])  # fmt: skip
 
-    jobs = [(mode, seed) for mode in modes for seed in args.seeds]
+    jobs = [(mode, seed, out / f"{mode}_seed{seed}", []) for mode in modes for seed in args.seeds]
+    jobs += [(mode, args.seeds[0], grid_dir(out, mode, r0, r1, args.seeds[0]), ["--rho0", str(r0), "--rho1", str(r1)])
+             for mode, r0, r1 in cells]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(grpo, jobs))
 
@@ -217,8 +303,14 @@ def main(argv=None) -> None:
             "steps"]
     table = markdown_table(rows, keys, first_column="mode")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
-    atomic_write_json(out / "noisy_grpo.json", {"machine": machine, "seeds": args.seeds, "pairs": pairs,
-                                                "runs": per_run, "table": rows, "wall_time_s": runner.timings})  # fmt: skip
+    grid = None
+    if cells:
+        grid_md, grid = grid_tables(out, args.grid_modes, args.seeds[0], per_run, args.seeds)
+        atomic_write_text(out / "noisy_grpo_grid.md", grid_md)
+        plot_grid(grid, out / "noisy_grpo_grid.png")
+        print(grid_md)
+    atomic_write_json(out / "noisy_grpo.json", {"machine": machine, "seeds": args.seeds, "pairs": pairs, "runs": per_run,
+                                                "table": rows, "grid": grid, "wall_time_s": runner.timings})  # fmt: skip
     atomic_write_text(out / "noisy_grpo.md", table + "\n")
     print(table)
     print(f"[compare] wrote {out / 'noisy_grpo.md'}, {out / 'noisy_grpo.json'} and {out / 'noisy_grpo.png'}")

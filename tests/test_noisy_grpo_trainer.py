@@ -278,7 +278,7 @@ def test_matched_control_mismatches_by_hand():
     assert compare.matched_control_mismatches(corrected, {k: v for k, v in control.items() if k != "seed"}) == ["seed"]
     with pytest.raises(ValueError, match="must correct"):
         compare.check_pairs({"uncorrected": "uncorrected"}, "tiny_")
-    with pytest.raises(ValueError, match=r"not the matched control of tiny_backward_loo.yaml: \['baseline'\]"):
+    with pytest.raises(ValueError, match=r"not the matched control of tiny_backward_loo.yaml: \['baseline', 'scale_mode'\]"):
         compare.check_pairs({"backward_loo": "uncorrected"}, "tiny_")
 
 
@@ -289,6 +289,14 @@ def test_comparison_plan_adds_the_controls_and_dry_runs(capsys):
     out = capsys.readouterr().out
     assert "runs: backward_loo (seeds [0]), uncorrected_loo (seeds [0])" in out
     assert "pair: tiny_backward_loo.yaml vs its matched control tiny_uncorrected_loo.yaml" in out
+    compare.main(["--dry_run", "--grid", "--modes", "clean", "--seeds", "3", "4"])
+    out = capsys.readouterr().out
+    assert "backward_loo (seeds [3, 4]), uncorrected_loo (seeds [3, 4]), forward (seeds [3, 4])" in out
+    assert "grid (seed 3): 16 more runs" in out  # 2 modes x 3 x 3 cells, less the injected rates' cells
+    cells = compare.grid_cells(["forward"])
+    assert len(cells) == 8 and ("forward", 0.1, 0.2) not in cells and ("forward", 0.0, 0.3) in cells
+    assert compare.grid_dir(Path("o"), "forward", 0.1, 0.2, 3) == Path("o/forward_seed3")  # the main run
+    assert compare.grid_dir(Path("o"), "forward", 0.0, 0.3, 3) == Path("o/grid_forward_rho0_0_rho1_0.3_seed3")
     diffs = compare.paired_differences([{"clean_reward_end": 0.5, "heldout_pass@1_end": 0.3}] * 2,
                                        [{"clean_reward_end": 0.4, "heldout_pass@1_end": 0.1},
                                         {"clean_reward_end": 0.2, "heldout_pass@1_end": 0.3}])
