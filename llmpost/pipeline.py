@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-
-import torch
+import shutil
 
 from llmpost.eval import Evaluator
+from llmpost.trainers.checkpoint_eval import evaluate_checkpoint
 from llmpost.utils import atomic_write_json
 
 LOG_HISTORY_FILE = "log_history.json"
@@ -22,15 +22,7 @@ def evaluate_saved(trainer, evaluate: Evaluator, eval_dir: str) -> dict | None:
     evaluation and scores a shard of the examples; the main process writes the files. Returns the summary on the main
     process, ``None`` elsewhere.
     """
-    from llmpost.models import load_saved_model
-
-    trainer.accelerator.wait_for_everyone()
-    model = load_saved_model(trainer.args.output_dir).to(trainer.args.device)
-    summary = evaluate(model, trainer.processing_class, trainer.args, eval_dir)
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    trainer.accelerator.wait_for_everyone()
+    summary = evaluate_checkpoint(trainer, evaluate, trainer.args.output_dir, eval_dir)
     return summary if trainer.is_world_process_zero() else None
 
 
@@ -38,18 +30,34 @@ def save_and_evaluate(trainer, evaluate: Evaluator | None, end_training: bool = 
     """End of a recipe: save the model (and tokenizer) and the trainer's log history (``log_history.json``, a list of
     the logged dicts) to ``output_dir``, evaluate it into ``output_dir/eval`` with
     ``evaluate`` (``None``: no evaluation), print the summary, and (``end_training``) shut the processes down cleanly.
-    Returns the summary on the main process."""
+    Returns the summary on the main process.
+
+    A run that evaluated during training (``trainer.checkpoint_eval``) reuses the evaluation of its last step when
+    there was one (the same weights), then selects the checkpoint it reports: ``output_dir/best`` and
+    ``SELECTION.json`` (:meth:`~llmpost.trainers.checkpoint_eval.CheckpointEvaluation.finish`)."""
     trainer.save_model(trainer.args.output_dir)  # under ZeRO-3 this gathers the full weights; saves the tokenizer too
     if trainer.is_world_process_zero():  # the training curves, for reports and plots (trainer_state.json needs a checkpoint)
         atomic_write_json(os.path.join(trainer.args.output_dir, LOG_HISTORY_FILE), trainer.state.log_history)
     summary = None
+    checkpoint_eval = getattr(trainer, "checkpoint_eval", None)
     if evaluate is not None:
-        summary = evaluate_saved(trainer, evaluate, os.path.join(trainer.args.output_dir, "eval"))
+        eval_dir = os.path.join(trainer.args.output_dir, "eval")
+        done = checkpoint_eval.evaluations[-1] if checkpoint_eval and checkpoint_eval.evaluations else None
+        if done is not None and done.step == trainer.state.global_step:  # the final weights were just evaluated
+            if trainer.is_world_process_zero():
+                shutil.rmtree(eval_dir, ignore_errors=True)
+                shutil.copytree(os.path.join(done.checkpoint, "eval"), eval_dir)
+            final = dict(done.summary)
+        else:
+            final = evaluate_checkpoint(trainer, evaluate, trainer.args.output_dir, eval_dir)
+        summary = final if trainer.is_world_process_zero() else None
         if summary is not None:
             print(json.dumps(summary, indent=2))
+        if checkpoint_eval is not None:
+            selection = checkpoint_eval.finish(trainer, final, trainer.args.output_dir)
+            if trainer.is_world_process_zero():
+                print(selection.reason)
     trainer.accelerator.wait_for_everyone()
     if end_training:
         trainer.accelerator.end_training()
     return summary
-
-

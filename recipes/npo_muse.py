@@ -42,6 +42,7 @@ from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.eval.stats import markdown_table
 from llmpost.models import load_model, load_saved_model, load_tokenizer
 from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.checkpoint_eval import plan_checkpoint_eval
 from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.utils import atomic_write_json, atomic_write_text, check_output_dir
 
@@ -56,11 +57,14 @@ def forget_data(data_args, args, tokenizer, forget, retain):
     return ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
 
 
-def unlearn(model_args, args, tokenizer, dataset, evaluate, model_path=None, end_training=True):
-    """Train one request from ``model_path`` (default: ``model_name_or_path``), save, evaluate; the summary."""
+def unlearn(model_args, args, tokenizer, dataset, evaluate, model_path=None, end_training=True, retain_logs_path=None):
+    """Train one request from ``model_path`` (default: ``model_name_or_path``), save, evaluate; the summary. With an
+    ``eval_strategy``, MUSE is evaluated on the checkpoints during training and ``select`` picks the reported one."""
+    checkpoint_eval = plan_checkpoint_eval(args, evaluate, "muse", retain_logs_path)
     dtype = model_args.dtype or "float32"
     model = load_model(model_args, args.trust_remote_code) if model_path is None else load_saved_model(model_path, dtype)
-    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
+    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
+                             checkpoint_eval=checkpoint_eval)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return save_and_evaluate(trainer, evaluate, end_training=end_training)
 
@@ -77,7 +81,8 @@ def sustainability(model_args, data_args, args, tokenizer, retain, evaluate):
     for k, (split, dataset) in enumerate(zip(splits, datasets), start=1):
         request_args = copy.deepcopy(args)
         request_args.output_dir = os.path.join(args.output_dir, f"request_{k}")
-        summary = unlearn(model_args, request_args, tokenizer, dataset, evaluate, model_path, end_training=k == len(splits))
+        summary = unlearn(model_args, request_args, tokenizer, dataset, evaluate, model_path,
+                          end_training=k == len(splits), retain_logs_path=data_args.retain_logs_path)
         model_path = request_args.output_dir
         if summary is not None:  # main process
             rows.append({"request": k, "forget_split": split, **summary})
@@ -93,12 +98,14 @@ def main(argv=None):
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     evaluate = muse_evaluator(data_args)  # checks the evaluation's inputs before training
+    plan_checkpoint_eval(args, evaluate, "muse", data_args.retain_logs_path)  # and the selection rule's
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     _, retain = muse_train_chunks(data_args, tokenizer, args.max_length, include_forget=False, include_retain=uses_retain(args))
     if data_args.sustainability:
         return sustainability(model_args, data_args, args, tokenizer, retain, evaluate)
     forget, _ = muse_train_chunks(data_args, tokenizer, args.max_length, include_retain=False)
-    unlearn(model_args, args, tokenizer, forget_data(data_args, args, tokenizer, forget, retain), evaluate)
+    unlearn(model_args, args, tokenizer, forget_data(data_args, args, tokenizer, forget, retain), evaluate,
+            retain_logs_path=data_args.retain_logs_path)
 
 
 if __name__ == "__main__":

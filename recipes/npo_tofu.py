@@ -9,6 +9,11 @@ Any config key can be overridden on the command line (``--beta 0.2 --method npo_
 --flat_divergence js``; ``--method idk_dpo``, whose template answers default to ``data_dir/idontknow.jsonl``). Writes the model (or LoRA
 adapter) to ``output_dir``, and ``output_dir/eval/TOFU_EVAL.json`` + ``TOFU_SUMMARY.json`` when
 ``eval_after_training`` (forget_quality needs ``retain_logs_path``).
+
+Evaluation during training: ``--eval_strategy steps --eval_steps N`` (``--eval_on_start true`` adds the model before
+unlearning) evaluates TOFU on each checkpoint as ``llmpost eval tofu`` would, logs the curves (``eval_*``) and, with
+``--select max_forget_quality|pareto|last``, reports the chosen checkpoint in ``output_dir/best`` with
+``SELECTION.json`` (:mod:`llmpost.trainers.checkpoint_eval`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from llmpost.config import check_launch, parse_config, run_main
 from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.models import load_model, load_tokenizer
 from llmpost.pipeline import save_and_evaluate
+from llmpost.trainers.checkpoint_eval import plan_checkpoint_eval
 from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
 from llmpost.utils import check_output_dir
 
@@ -30,6 +36,8 @@ def main(argv=None):
     model_args, data_args, args = parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
+    evaluate = tofu_evaluator(data_args)  # checks the evaluation data and the retain log now, before training
+    checkpoint_eval = plan_checkpoint_eval(args, evaluate, "tofu", data_args.retain_logs_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length)
     templates = tofu_template_answers(data_args, tokenizer, args.max_length) if args.method in NEEDS_TEMPLATES else None
@@ -37,9 +45,10 @@ def main(argv=None):
     dataset = ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
     model = load_model(model_args, args.trust_remote_code)
 
-    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args))
+    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
+                             checkpoint_eval=checkpoint_eval)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    save_and_evaluate(trainer, tofu_evaluator(data_args))
+    save_and_evaluate(trainer, evaluate)
 
 
 if __name__ == "__main__":

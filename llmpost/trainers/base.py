@@ -87,7 +87,8 @@ class LlmpostTrainer(ReferenceMixin, Trainer):
     collator: type | None = None
 
     def __init__(self, model, args: TrainerConfig, train_dataset, processing_class=None, data_collator=None,
-                 peft_config=None, **kwargs):
+                 peft_config=None, checkpoint_eval=None, **kwargs):
+        self.checkpoint_eval = checkpoint_eval  # before Trainer.__init__, whose _validate_args asks for an eval_dataset
         if args.fused_lm_head:
             add_fused_lm_head(model)  # must precede PEFT wrapping
         if peft_config is not None:
@@ -105,6 +106,8 @@ class LlmpostTrainer(ReferenceMixin, Trainer):
         self.fused, self.padding_free = args.fused_lm_head, getattr(args, "padding_free", False)
         self._metrics = defaultdict(list)  # name -> per-micro-batch on-device scalars since the last log
         self.reference, self.ref_model = None, None
+        if checkpoint_eval is not None:
+            self.attach_checkpoint_eval(checkpoint_eval)
 
     def setup_reference(self, needs_reference: bool, needs_logits: bool, ref_model=None,
                         lora_uses_base: bool = True) -> Reference | None:
@@ -143,3 +146,36 @@ class LlmpostTrainer(ReferenceMixin, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         flush_metrics(self.accelerator, self._metrics, logs)
         super().log(logs, start_time)
+
+    # -- benchmark evaluation during training (llmpost.trainers.checkpoint_eval) ----------------------------------------
+    def _validate_args(self):
+        if self.checkpoint_eval is None or self.eval_dataset is not None:
+            return super()._validate_args()
+        self.eval_dataset = ()  # the benchmark is the evaluation: no eval_dataset is needed for eval_strategy
+        try:
+            return super()._validate_args()
+        finally:
+            self.eval_dataset = None
+
+    def attach_checkpoint_eval(self, checkpoint_eval) -> None:
+        """Evaluate a benchmark at ``eval_strategy``'s steps instead of ``Trainer.evaluate``'s loss on an
+        ``eval_dataset`` (:class:`~llmpost.trainers.checkpoint_eval.CheckpointEvaluation`; the constructor's
+        ``checkpoint_eval`` calls this); a resumed run reads back the evaluations up to its step."""
+        from transformers import TrainerCallback
+
+        self.checkpoint_eval = checkpoint_eval
+
+        class _Resume(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.global_step > 0:
+                    checkpoint_eval.resume(args.output_dir, state.global_step)
+
+        self.add_callback(_Resume())
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if self.checkpoint_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = self.checkpoint_eval.run(self)
+        Trainer.log(self, metrics)  # not self.log: the training metrics gathered since the last log stay for it
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -34,6 +34,7 @@ import torch
 
 from llmpost.data.collators import ForgetRetainCollator
 from llmpost.epochs import EpochCallback
+from llmpost.eval.selection import SelectRule
 from llmpost.losses.dpo import dpo_loss
 from llmpost.losses.flat import FDivergence, flat_batch_loss, flat_loss
 from llmpost.losses.grad_diff import gradient_ascent_loss, nll_loss, retain_kl_loss
@@ -89,6 +90,11 @@ class UnlearnConfig(ReferenceConfig):
     simnpo_delta: float = field(default=0.0, metadata={"help": "SimNPO margin gamma/beta (paper: 0 for unlearning)."})
     flat_divergence: FDivergence = field(default=FDivergence.TV, metadata={"help": f"FLAT f-divergence, one of {[d.value for d in FDivergence]} (the authors' default: total variation, UCSC-REAL/FLAT config/forget.yaml `variants: Total-Variation` and get_contrastive_loss)."})
     flat_reduction: FlatReduction = field(default=FlatReduction.EXAMPLE, metadata={"help": "FLAT: 'example' (per-example, batch-split invariant) or 'batch' (the authors' batch-mean probabilities)."})
+    select: SelectRule = field(default=SelectRule.LAST, metadata={"help": "Which evaluated checkpoint the run reports (output_dir/best, SELECTION.json): last | muse_bench | max_forget_quality | pareto (llmpost.eval.selection). Evaluation during training: eval_strategy steps|epoch, eval_steps, eval_on_start."})
+    select_metrics: str | None = field(default=None, metadata={"help": "muse_bench: comma-separated forget-memorization keys compared with the retrained model (default forget_knowmem_ROUGE, the authors' get_best_forget_quality.py)."})
+    select_utility_fraction: float = field(default=0.9, metadata={"help": "pareto: the least model_utility kept, as a fraction of the target's (the step-0 evaluation)."})
+    select_early_stop: bool = field(default=False, metadata={"help": "Stop training when the rule allows: muse_bench at its first qualifying checkpoint; max_forget_quality / pareto after select_patience evaluations without a new choice."})
+    select_patience: int = field(default=3, metadata={"help": "Evaluations without a new choice before an early stop (max_forget_quality, pareto)."})
 
     def __post_init__(self):
         for name, enum in (("method", UnlearnMethod), ("retain_loss", RetainLoss), ("flat_divergence", FDivergence),
@@ -102,7 +108,21 @@ class UnlearnConfig(ReferenceConfig):
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.reference == Reference.PRECOMPUTED and self.needs_ref_logits:
             raise ValueError("reference: 'precomputed' cannot serve retain_loss 'kl' (it needs reference logits); use 'model' or 'peft_base'")
+        self.select = parse_enum("select", self.select, SelectRule)
+        if not 0 < self.select_utility_fraction <= 1:
+            raise ValueError(f"select_utility_fraction: must be in (0, 1], got {self.select_utility_fraction}")
+        if self.select_patience < 1:
+            raise ValueError(f"select_patience: must be >= 1, got {self.select_patience}")
+        if self.select == SelectRule.PARETO:
+            self.eval_on_start = True  # the target's model utility is the step-0 evaluation
         super().__post_init__()
+        if self.select != SelectRule.LAST and self.eval_strategy == "no":
+            raise ValueError(f"select: {self.select} chooses among checkpoints evaluated during training; set "
+                             "eval_strategy (steps or epoch) and eval_steps")
+
+    @property
+    def select_metric_keys(self) -> tuple[str, ...] | None:
+        return tuple(k.strip() for k in self.select_metrics.split(",") if k.strip()) if self.select_metrics else None
 
     @property
     def needs_ref_logits(self) -> bool:

@@ -48,7 +48,18 @@ def tofu_template_answers(data_args: TofuArguments, tokenizer, max_length: int) 
 
 
 def tofu_evaluator(data_args: TofuArguments) -> Evaluator:
-    """The TOFU evaluation of a recipe's saved model, as an :data:`Evaluator`."""
+    """The TOFU evaluation of a recipe's saved model, as an :data:`Evaluator`. Its inputs (the evaluated splits, the
+    retain model's log) are checked now, so that a missing file stops the recipe before training."""
+    if data_args.eval_after_training:
+        from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
+        from llmpost.benchmarks.tofu.evaluate import load_retain_logs
+
+        load_tofu_eval_splits(data_args.data_dir, data_args.forget_split, None, data_args.eval_max_examples)
+        if data_args.retain_logs_path:
+            try:
+                load_retain_logs(data_args.retain_logs_path)
+            except ValueError as e:  # RetainLogError
+                raise DataError(f"retain_logs_path: {e}") from None
 
     def evaluate(model, tokenizer, args, eval_dir: str) -> dict:
         from llmpost.benchmarks.tofu.evaluate import TofuEvalSettings, evaluate_tofu
