@@ -48,6 +48,8 @@ EXPECTED_KEYS = {
     "retain_Q_A_PARA_Prob", "retain_Q_A_PERT_Prob", "ra_Q_A_Prob_normalised", "ra_Q_A_Prob", "ra_Q_A_PERT_Prob",
     "ra_Q_A_ROUGE", "ra_Truth_Ratio", "wf_Q_A_Prob_normalised", "wf_Q_A_Prob", "wf_Q_A_PERT_Prob", "wf_Q_A_ROUGE",
     "wf_Truth_Ratio", "privleak", "mia_min_k", "extraction_strength",
+    # open-unlearning's optional entries, computed by default here (mia_reference only with a reference model)
+    "exact_memorization", "mia_loss", "mia_zlib", "mia_min_k_plus_plus", "mia_gradnorm",
 }  # fmt: skip
 NO_GENERATION = {k for k in EXPECTED_KEYS if k.endswith("ROUGE")}
 

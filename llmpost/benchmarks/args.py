@@ -131,6 +131,25 @@ def check_model_flag(path: str, flag: str) -> str:
         raise CliError(str(e)) from e
 
 
+def check_mia_reference(args: EvalArgs) -> None:
+    """``--mia_reference_model_path`` (where the options have it): a model path whose tokenizer is the evaluated
+    model's (:func:`llmpost.eval.mia_passes.check_reference_tokenizer`); checked before the model is loaded."""
+    path = getattr(args, "mia_reference_model_path", None)
+    if not path:
+        return
+    from llmpost.eval.mia_passes import ReferenceModelError, check_reference_tokenizer
+    from llmpost.models import load_tokenizer
+
+    path = check_model_flag(path, "mia_reference_model_path")
+    tok_path = check_model_flag(args.tokenizer_name_or_path or args.model_name_or_path,
+                                "tokenizer_name_or_path" if args.tokenizer_name_or_path else "model_name_or_path")  # fmt: skip
+    try:
+        check_reference_tokenizer(load_tokenizer(tok_path, trust_remote_code=args.trust_remote_code), path,
+                                  trust_remote_code=args.trust_remote_code)  # fmt: skip
+    except (OSError, ValueError) as e:
+        raise CliError(f"--{e}" if isinstance(e, ReferenceModelError) else str(e)) from e
+
+
 def load_model_and_tokenizer(args: EvalArgs):
     """The model to evaluate (full weights or a PEFT adapter, not merged) on ``--device``, and its tokenizer; a path
     that does not exist or does not load is a :class:`CliError` naming the flag."""

@@ -13,6 +13,7 @@ from llmpost.benchmarks.args import (
     add_dataclass_args,
     add_report_parser,
     args_from_namespace,
+    check_mia_reference,
     check_results_dir,
     load_model_and_tokenizer,
     validate_eval_args,
@@ -30,6 +31,10 @@ class MuseEvalArgs(EvalArgs):
     batch_size: int = field(default=8, metadata={"help": "Batch size of generation and scoring."})
     verbmem_max_new_tokens: int = field(default=128, metadata={"help": "VerbMem generation length (MUSE: 128)."})
     knowmem_max_new_tokens: int = field(default=32, metadata={"help": "KnowMem generation length (MUSE: 32)."})
+    mia_attacks: bool = field(default=True, metadata={"help": "Run the MIA suite (mia_loss, mia_zlib, ...)."})
+    mia_reference_model_path: str | None = field(
+        default=None, metadata={"help": "Reference model of mia_reference (e.g. the retrained model); same tokenizer."}
+    )
 
 
 def _validate_muse_args(args: MuseEvalArgs) -> None:
@@ -62,11 +67,14 @@ def run_eval_muse(ns: argparse.Namespace) -> int:
     # Fail on missing data or a bad retain log before the (slow) model load.
     load_muse_eval_splits(args.data_dir, args.max_examples)
     resolve_reference_auc(args.protocol, args.reference_auc, args.retain_logs_path)
+    if args.mia_attacks:
+        check_mia_reference(args)
     model, tokenizer = load_model_and_tokenizer(args)
     settings = MuseEvalSettings(
         data_dir=args.data_dir, protocol=args.protocol, batch_size=args.batch_size, reference_auc=args.reference_auc,
         max_examples=args.max_examples, verbmem_max_new_tokens=args.verbmem_max_new_tokens,
-        knowmem_max_new_tokens=args.knowmem_max_new_tokens,
+        knowmem_max_new_tokens=args.knowmem_max_new_tokens, mia_attacks=args.mia_attacks,
+        mia_reference_model_path=args.mia_reference_model_path,
     )  # fmt: skip
     summary = evaluate_muse(model, tokenizer, settings, output_dir=args.output_dir,
                             retain_logs_path=args.retain_logs_path)  # fmt: skip

@@ -250,6 +250,8 @@ class MuseArguments:
         default=False, metadata={"help": "MUSE C6: unlearn sust/forget_1..sust_requests one after another."})
     sust_requests: int = field(default=4, metadata={"help": "Number of sequential requests (MUSE: 4)."})
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retrained model's MUSE_EVAL.json (privleak's reference AUC)."})
+    mia_reference_model_path: str | None = field(
+        default=None, metadata={"help": "Reference model of the eval's mia_reference (e.g. the retrained model); unset: none."})
     eval_after_training: bool = field(default=True, metadata={"help": "Run the MUSE evaluation on the saved model."})
     eval_protocol: str = field(default="muse", metadata={"help": "muse (the benchmark's code) or open_unlearning."})
     eval_max_examples: int | None = field(

@@ -19,6 +19,14 @@ Two protocols (:class:`llmpost.benchmarks.muse.data.MuseProtocol`). The default,
   (MUSE's key ``forget_holdout_Min-40%``; ties count 1/2), and ``privleak = (AUC - AUC_ref) / AUC_ref * 100`` with
   ``AUC_ref`` = 0.4772 (``constants.py``, the retrained News model) unless a reference AUC or a retrained model's
   ``MUSE_EVAL.json`` is given. ``mia_min_k`` holds the per-text scores and open-unlearning's AUC ``1 - privleak_auc``.
+* ``mia_loss``, ``mia_zlib``, ``mia_min_k_plus_plus``, ``mia_gradnorm`` and (with ``mia_reference_model_path``, e.g.
+  the retrained model) ``mia_reference``: the rest of open-unlearning's membership-inference suite
+  (``muse_metrics/mia_*.yaml``, :mod:`llmpost.eval.mia_passes`) on the same ``privleak/forget`` vs
+  ``privleak/holdout`` texts, each an AUC in ``mia_min_k``'s layout (open-unlearning's orientation: 1 = the forget
+  texts look seen), in ``MUSE_EVAL.json`` only. The texts are tokenised as the protocol's privleak tokenises them;
+  the mean NLL (LOSS, ZLib, Reference) is over every token after the BOS, the token statistics (Min-K%++ with
+  ``max(1, int(0.4 n))`` tokens, GradNorm) over privleak's positions (under ``open_unlearning`` without the last
+  token, as its ``tokenwise_logprobs``). MUSE's own code has none of these attacks; ``mia_attacks=False`` skips them.
 * No input is truncated: MUSE's prompts (~2,100-2,700 tokens) and texts (~4,400-5,300) may exceed the model's
   context; a warning says so once per evaluation.
 
@@ -78,6 +86,7 @@ from llmpost.benchmarks.muse.scoring import generate, score_texts
 from llmpost.data.files import read_json
 from llmpost.eval import metrics as M
 from llmpost.eval import mia
+from llmpost.eval.mia_passes import MiaItem, check_reference_tokenizer, run_mia_suite
 from llmpost.eval.shard import world
 from llmpost.utils import RetainLogError, atomic_write_json
 
@@ -179,6 +188,11 @@ class MuseEvalSettings:
     """VerbMem generation length (MUSE: 128); under ``muse`` VerbMem's reference is cut to the same length."""
     knowmem_max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS
     """KnowMem generation length (MUSE: 32)."""
+    mia_attacks: bool = True
+    """Run open-unlearning's other MIA attacks on the privleak forget vs holdout texts (module docstring)."""
+    mia_reference_model_path: str | None = None
+    """The Reference attack's model (open-unlearning's ``reference_model_path``, e.g. the retrained model), with the
+    evaluated model's tokenizer; ``None``: no ``mia_reference``."""
 
 
 def compute_muse_metrics(
@@ -192,6 +206,8 @@ def compute_muse_metrics(
         raise ValueError("batch_size and the max_new_tokens values must be >= 1")
     ref_auc, ref_source = resolve_reference_auc(protocol, s.reference_auc, retain_logs_path)
     splits = load_muse_eval_splits(s.data_dir, s.max_examples)
+    if s.mia_attacks and s.mia_reference_model_path:
+        check_reference_tokenizer(tokenizer, s.mia_reference_model_path)
     verbmem = [verbmem_item(tokenizer, r["prompt"], r["gt"], protocol, s.verbmem_max_new_tokens)
                for r in splits["verbmem"]]  # fmt: skip
     knowmem = {p: [knowmem_item(tokenizer, splits[f"{p}_qa_icl"], r["question"], r["answer"], protocol)
@@ -226,6 +242,12 @@ def compute_muse_metrics(
             lps = score_texts(model, tokenizer, items, batch_size=s.batch_size, desc=f"MUSE privleak {p}")
             scores[p] = [mia.min_k_score(lp, MIN_K, at_least_one=stem) for lp in lps]
         logger.info("MUSE: scored %d texts in %.1fs", sum(map(len, texts.values())), time.perf_counter() - t0)
+        if s.mia_attacks:
+            mia_items = {p: [MiaItem(it.input_ids, it.first, it.end, len(it.input_ids),
+                                     tokenizer.decode(it.input_ids[it.first :], skip_special_tokens=True))
+                             for it in items] for p, items in texts.items()}  # fmt: skip
+            logs |= run_mia_suite(model, tokenizer, mia_items["forget"], mia_items["holdout"], batch_size=s.batch_size,
+                                  reference_model_path=s.mia_reference_model_path, name="MUSE ")  # fmt: skip
     finally:
         model.train(was_training)
     logs.update(privleak_entries(scores["forget"], scores["holdout"], ref_auc, protocol))

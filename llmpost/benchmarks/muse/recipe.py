@@ -95,6 +95,7 @@ def muse_evaluator(data_args: MuseArguments) -> Evaluator:
             data_dir=data_args.data_dir, protocol=data_args.eval_protocol, batch_size=args.per_device_eval_batch_size,
             max_examples=data_args.eval_max_examples, verbmem_max_new_tokens=data_args.eval_verbmem_max_new_tokens,
             knowmem_max_new_tokens=data_args.eval_knowmem_max_new_tokens,
+            mia_reference_model_path=data_args.mia_reference_model_path,
         )  # fmt: skip
         return evaluate_muse(model, tokenizer, settings, output_dir=eval_dir,
                              retain_logs_path=data_args.retain_logs_path)  # fmt: skip

@@ -13,6 +13,7 @@ from llmpost.benchmarks.args import (
     add_dataclass_args,
     add_report_parser,
     args_from_namespace,
+    check_mia_reference,
     check_results_dir,
     load_model_and_tokenizer,
     validate_eval_args,
@@ -34,6 +35,10 @@ class TofuEvalArgs(EvalArgs):
     compute_generation: bool = field(default=True, metadata={"help": "Generate for ROUGE (needed for model_utility)."})
     stopwords: list[str] | None = field(default=None, metadata={"help": "Strings that end a generation."})
     generation_backend: str = field(default="transformers", metadata={"help": "transformers or vllm (GPU)."})
+    mia_attacks: bool = field(default=True, metadata={"help": "Run the MIA suite (mia_loss, mia_zlib, ...)."})
+    mia_reference_model_path: str | None = field(
+        default=None, metadata={"help": "Reference model of mia_reference (e.g. the retain model); same tokenizer."}
+    )
 
 
 def run_eval_tofu(ns: argparse.Namespace) -> int:
@@ -56,13 +61,16 @@ def run_eval_tofu(ns: argparse.Namespace) -> int:
     load_tofu_eval_splits(args.data_dir, args.forget_split, args.holdout_split, args.max_examples)
     if args.retain_logs_path:
         load_retain_logs(args.retain_logs_path)
+    if args.mia_attacks:
+        check_mia_reference(args)
     model, tokenizer = load_model_and_tokenizer(args)
     vllm_model = args.model_name_or_path if args.generation_backend == "vllm" else None
     settings = TofuEvalSettings(
         data_dir=args.data_dir, forget_split=args.forget_split, holdout_split=args.holdout_split, template=template,
         batch_size=args.batch_size, max_length=args.max_length, max_new_tokens=args.max_new_tokens,
         compute_generation=args.compute_generation, stopwords=args.stopwords,
-        generation_backend=args.generation_backend, max_examples=args.max_examples,
+        generation_backend=args.generation_backend, max_examples=args.max_examples, mia_attacks=args.mia_attacks,
+        mia_reference_model_path=args.mia_reference_model_path,
     )  # fmt: skip
     summary = evaluate_tofu(model, tokenizer, settings, output_dir=args.output_dir,
                             retain_logs_path=args.retain_logs_path, vllm_model=vllm_model)  # fmt: skip

@@ -144,6 +144,8 @@ class TofuArguments(TemplateArgs):
         default=None, metadata={"help": "FLAT / IdkDPO template answers, one per line (unset: data_dir/idontknow.jsonl)."}
     )
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json, for forget_quality."})
+    mia_reference_model_path: str | None = field(
+        default=None, metadata={"help": "Reference model of the eval's mia_reference (e.g. the retain model); unset: none."})
     eval_after_training: bool = field(default=True, metadata={"help": "Run the TOFU evaluation on the saved model."})
     eval_max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE (TOFU: 200)."})
     eval_max_examples: int | None = field(

@@ -34,6 +34,7 @@ def assemble_entries(stats, rouges, retain_logs: dict[str, Any] | None, n_forget
         logs[f"{p}_Truth_Ratio"] = tr(logs[f"{p}_Q_A_Prob"], logs[f"{p}_Q_A_PERT_Prob"], "true_better")
     logs["model_utility"] = M.model_utility({k: logs[k]["agg_value"] for k in M.MODEL_UTILITY_KEYS if k in logs})
     logs["extraction_strength"] = mia.extraction_strength([s.extraction_strength for s in stats["forget"]["answer"]])
+    logs["exact_memorization"] = mia.exact_memorization([s.exact_memorization for s in stats["forget"]["answer"]])
 
     retain_scores = None
     if retain_logs is not None:

@@ -16,7 +16,14 @@ The entries, their splits and definitions (:mod:`llmpost.eval.metrics`, :mod:`ll
 * ``model_utility``: harmonic mean of the nine retain / ra / wf numbers;
 * ``extraction_strength``: mean extraction strength of F's answers;
 * ``mia_min_k``: Min-K% (k = 0.4) AUC, F's answers vs the holdout split's (``holdoutNN`` matching the forget split);
-* ``privleak``: ``mia_min_k`` relative to the retain log's ``mia_min_k`` in percent (to an AUC of 0.5 without one).
+* ``privleak``: ``mia_min_k`` relative to the retain log's ``mia_min_k`` in percent (to an AUC of 0.5 without one);
+* ``exact_memorization``: mean fraction of F's answer tokens (without the EOS) that teacher-forced greedy decoding
+  reproduces (open-unlearning ``exact_memorization.yaml``);
+* the rest of open-unlearning's MIA suite (``tofu_metrics/mia_*.yaml``), each an AUC of F's answers vs the holdout's
+  in ``mia_min_k``'s layout (:mod:`llmpost.eval.mia_passes`): ``mia_loss`` (mean NLL), ``mia_zlib`` (NLL / zlib length
+  of the answer), ``mia_min_k_plus_plus`` (Min-K%++, k = 0.4), ``mia_gradnorm`` (mean per-tensor gradient 2-norm),
+  and ``mia_reference`` (NLL minus a reference model's NLL; only with ``mia_reference_model_path``, e.g. the retain
+  model). ``mia_attacks=False`` leaves these five out.
 
 Every question is asked with the ``question`` column (open-unlearning's ``question_key``). ``TOFU_EVAL.json`` holds
 every entry (``{"agg_value", "value_by_index"}``, keys sorted as open-unlearning writes them), ``TOFU_SUMMARY.json``
@@ -49,9 +56,10 @@ import torch
 
 from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
 from llmpost.benchmarks.tofu.entries import assemble_entries
-from llmpost.benchmarks.tofu.scoring import _rouge_splits, _score_splits
+from llmpost.benchmarks.tofu.scoring import _rouge_splits, _score_splits, mia_suite_splits
 from llmpost.data.templates import TemplateArgs
 from llmpost.eval import metrics as M
+from llmpost.eval.mia_passes import check_reference_tokenizer
 from llmpost.eval.shard import world
 from llmpost.generation import GenerationBackend
 from llmpost.utils import RetainLogError, atomic_write_json
@@ -134,6 +142,12 @@ class TofuEvalSettings:
     """``"auto"`` / ``"lean"`` / ``"hf"`` (:func:`llmpost.generation.generate_greedy`'s ``impl``)."""
     max_examples: int | None = None
     """Evaluate only the first rows of each split (quick checks and tests; not the benchmark)."""
+    mia_attacks: bool = True
+    """Run open-unlearning's other MIA attacks (``mia_loss``, ``mia_zlib``, ``mia_min_k_plus_plus``, ``mia_gradnorm``,
+    ``mia_reference``) on the forget vs holdout answers; they need the holdout split."""
+    mia_reference_model_path: str | None = None
+    """The Reference attack's model (open-unlearning's ``reference_model_path``, e.g. the retain model): a directory or
+    PEFT adapter with the evaluated model's tokenizer; ``None``: no ``mia_reference``."""
 
 
 def compute_tofu_metrics(
@@ -144,12 +158,20 @@ def compute_tofu_metrics(
     s = settings
     retain_logs = load_retain_logs(retain_logs_path) if retain_logs_path else None
     splits = load_tofu_eval_splits(s.data_dir, s.forget_split, s.holdout_split, s.max_examples)
+    if s.mia_attacks and s.mia_reference_model_path:
+        check_reference_tokenizer(tokenizer, s.mia_reference_model_path)
     was_training = model.training
     model.eval()
     try:
         t0 = time.perf_counter()
         stats = _score_splits(model, tokenizer, s.template, splits, s.batch_size, s.max_length)
         logger.info("TOFU: scored the answers of %s in %.1fs", list(splits), time.perf_counter() - t0)
+        mia_logs = {}
+        if s.mia_attacks and "holdout" in splits:
+            t0 = time.perf_counter()
+            mia_logs = mia_suite_splits(model, tokenizer, s.template, splits, batch_size=s.batch_size,
+                                        max_length=s.max_length, reference_model_path=s.mia_reference_model_path)  # fmt: skip
+            logger.info("TOFU: membership-inference attacks in %.1fs", time.perf_counter() - t0)
         rouges = {}
         if s.compute_generation:
             t0 = time.perf_counter()
@@ -163,7 +185,7 @@ def compute_tofu_metrics(
             logger.warning("TOFU: compute_generation=False: no ROUGE entries, so no model_utility")
     finally:
         model.train(was_training)
-    return assemble_entries(stats, rouges, retain_logs, len(splits["forget"]))
+    return dict(sorted((assemble_entries(stats, rouges, retain_logs, len(splits["forget"])) | mia_logs).items()))
 
 
 def summarize(logs: dict[str, M.MetricResult]) -> dict[str, float]:

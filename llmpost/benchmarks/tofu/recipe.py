@@ -68,6 +68,7 @@ def tofu_evaluator(data_args: TofuArguments) -> Evaluator:
             data_dir=data_args.data_dir, forget_split=data_args.forget_split, template=TemplateArgs.from_obj(data_args),
             batch_size=args.per_device_eval_batch_size, max_length=args.max_length,
             max_new_tokens=data_args.eval_max_new_tokens, max_examples=data_args.eval_max_examples,
+            mia_reference_model_path=data_args.mia_reference_model_path,
         )  # fmt: skip
         return evaluate_tofu(model, tokenizer, settings, output_dir=eval_dir,
                              retain_logs_path=data_args.retain_logs_path)  # fmt: skip

@@ -15,6 +15,7 @@ from llmpost.data.collators import pad_examples
 from llmpost.data.templates import TemplateArgs, encode_prompt, encode_qa
 from llmpost.eval import metrics as M
 from llmpost.eval import mia
+from llmpost.eval.mia_passes import labelled_item, run_mia_suite
 from llmpost.eval.shard import model_device, sharded_map, world
 from llmpost.generation import GenerationBackend, auto_generation_batch_size, generate_greedy
 from llmpost.models import pad_token_id
@@ -27,11 +28,12 @@ logger = logging.getLogger(__name__)
 @dataclass
 class AnswerStats:
     """Teacher-forced statistics of one answer: mean NLL over its labelled tokens (incl. EOS), the per-token
-    log-probs without the final labelled token (for min-k), and its extraction strength."""
+    log-probs without the final labelled token (for min-k), its extraction strength and exact memorization."""
 
     avg_loss: float | None
     token_logps: np.ndarray
     extraction_strength: float
+    exact_memorization: float | None = None
 
 
 def _equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, int]]:
@@ -64,8 +66,9 @@ def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int) ->
             m = mask[r]
             lp = logps[r][m].double().cpu().numpy()
             avg_loss = float(-lp.mean()) if lp.size else None
-            es = mia.extraction_strength_score(preds[r][m][:-1].cpu().numpy(), targets[r][m][:-1].cpu().numpy())
-            out.append(AnswerStats(avg_loss, lp[:-1], es))
+            pred, target = preds[r][m][:-1].cpu().numpy(), targets[r][m][:-1].cpu().numpy()
+            es = mia.extraction_strength_score(pred, target)
+            out.append(AnswerStats(avg_loss, lp[:-1], es, mia.exact_memorization_score(pred, target)))
         bar.update(logits.shape[0])
     bar.close()
     return out
@@ -82,6 +85,22 @@ def score_answers(
     return sharded_map(
         lambda ex: _score_batches(model, ex, batch_size, pad_id), examples, [len(e["input_ids"]) for e in examples]
     )
+
+
+def mia_suite_splits(model, tokenizer, template: TemplateArgs, splits, *, batch_size: int, max_length: int,
+                     reference_model_path: str | None = None) -> dict[str, M.MetricResult]:  # fmt: skip
+    """open-unlearning's membership-inference suite (:func:`llmpost.eval.mia_passes.run_mia_suite`) on the forget
+    split's answers vs the holdout split's, tokenised as the probability pass tokenises them (template, labels over the
+    answer and its EOS, ``max_length``): ``mia_loss``, ``mia_zlib``, ``mia_min_k_plus_plus``, ``mia_gradnorm`` and,
+    with ``reference_model_path``, ``mia_reference``."""
+
+    def items(name: str):
+        return [labelled_item(tokenizer, **{k: ex[k] for k in ("input_ids", "labels")})
+                for ex in (encode_qa(tokenizer, template, r["question"], r["answer"], max_length)
+                           for r in splits[name])]  # fmt: skip
+
+    return run_mia_suite(model, tokenizer, items("forget"), items("holdout"), batch_size=batch_size,
+                         reference_model_path=reference_model_path, name="TOFU ")  # fmt: skip
 
 
 @dataclass
