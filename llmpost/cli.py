@@ -11,6 +11,7 @@ Example (offline, base-model template)::
     llmpost eval muse --model_name_or_path out/npo_muse --data_dir ../shared/data/muse_news \\
         --output_dir out/npo_muse/eval
     llmpost report muse --run target=out/target/eval --run npo=out/npo_muse/eval
+    llmpost report curves --run npo=out/npo_tofu --keys forget_quality model_utility --plot curves.png
     llmpost eval math --model_name_or_path out/dco_math --data_file ../shared/data/math/math500_test.jsonl \\
         --num_samples 16 --output_dir out/dco_math/eval_math          (flags: llmpost.benchmarks.math.cli)
     llmpost eval verifier --data_file ../shared/data/tinyv/HardVerify-Math.json --output_dir out/verifier_eval
@@ -27,7 +28,7 @@ import importlib
 import logging
 import sys
 
-from llmpost.benchmarks.args import CliError
+from llmpost.benchmarks.args import CliError, add_report_parser
 from llmpost.utils import DataError, RetainLogError
 
 # The benchmark packages with ``llmpost eval`` / ``llmpost report`` subcommands, in the order ``--help`` lists them.
@@ -44,7 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     report_parsers = report.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name in BENCHMARKS:
         importlib.import_module(f"llmpost.benchmarks.{name}.cli").register(eval_parsers, report_parsers)
+    curves = add_report_parser(
+        report_parsers, "curves", help="Evaluation curves of runs that evaluated during training.",
+        description="The eval_<key> curves in each run's log_history.json (eval_strategy), the selected step (its "
+                    "SELECTION.json) marked with *. --run NAME=OUTPUT_DIR (the training run's directory).",
+        summary_file="log_history.json", make_table=_curves_table,
+        plot_help="Write the curves (one panel per key) to this image file.")  # fmt: skip
+    curves.add_argument("--keys", nargs="+", default=["forget_quality", "model_utility", "forget_Q_A_Prob"],
+                        help="Summary keys to show (without eval_); e.g. forget_knowmem_ROUGE for MUSE.")
     return parser
+
+
+def _curves_table(runs: dict[str, str], ns: argparse.Namespace) -> str:
+    from llmpost.report import eval_curves
+
+    try:
+        return eval_curves(runs, ns.keys, ns.plot)
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def main(argv: list[str] | None = None) -> int:

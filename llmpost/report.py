@@ -62,3 +62,40 @@ def plot_curves(panels: list[dict], path: str | os.PathLike, title: str | None =
     save_figure(fig, path)
 
 
+
+
+def eval_curves(runs: dict[str, str | os.PathLike], keys: list[str], plot_path: str | os.PathLike | None = None) -> str:
+    """``llmpost report curves``: the evaluation curves of runs that evaluated during training (their
+    ``log_history.json``, keys ``eval_<key>``), one panel per key with each run's selected step marked (its
+    ``SELECTION.json``); returns a text table (run, step, values; ``*`` marks the selected step)."""
+    import json
+    from pathlib import Path
+
+    from llmpost.data.files import read_json
+
+    rows, panels = [], {k: {} for k in keys}
+    chosen = {}
+    for name, run_dir in runs.items():
+        d = Path(run_dir)
+        history = read_json(d / "log_history.json")
+        if not isinstance(history, list):
+            raise ValueError(f"{d / 'log_history.json'}: expected a list of logged dicts")
+        sel = d / "SELECTION.json"
+        chosen[name] = json.loads(sel.read_text())["chosen"]["step"] if sel.is_file() else None
+        per_key = {k: dict(zip(*curve(history, f"eval_{k}"))) for k in keys}
+        steps = sorted(set().union(*(set(v) for v in per_key.values())))
+        if not steps:
+            raise ValueError(f"{d}: log_history.json has no eval_{keys[0]} (was the run evaluated during training?)")
+        for step in steps:
+            mark = "*" if step == chosen[name] else ""
+            rows.append([name, f"{step}{mark}", *(f"{per_key[k][step]:.4g}" if step in per_key[k] else "-" for k in keys)])
+        for k in keys:
+            s = sorted(per_key[k])
+            panels[k][name] = (s, [per_key[k][x] for x in s], [0.0] * len(s))
+    if plot_path:
+        plot_curves([{"title": k, "ylabel": k, "series": panels[k]} for k in keys], plot_path,
+                    title="evaluation during training" + "".join(
+                        f"; {n}: selected step {c}" for n, c in chosen.items() if c is not None))  # fmt: skip
+    header = ["run", "step", *keys]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])

@@ -36,8 +36,8 @@ def main(argv=None):
     model_args, data_args, ft_args, args = parse_config((ModelConfig, MuseArguments, FinetuneArguments, SFTConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
-    evaluate = muse_evaluator(data_args)  # checks the evaluation's inputs before training
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
+    evaluate = muse_evaluator(data_args, tokenizer)  # checks the evaluation's inputs before training
     forget, retain = muse_train_chunks(data_args, tokenizer, args.max_length, include_forget=ft_args.include_forget)
     train = concatenate_datasets([forget, retain]) if forget is not None else retain
     train = train.remove_columns(["index", "attention_mask"])  # every chunk is max_length tokens: nothing to mask

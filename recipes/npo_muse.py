@@ -97,9 +97,9 @@ def main(argv=None):
     model_args, data_args, args = parse_config((ModelConfig, MuseArguments, UnlearnConfig), argv)
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
-    evaluate = muse_evaluator(data_args)  # checks the evaluation's inputs before training
-    plan_checkpoint_eval(args, evaluate, "muse", data_args.retain_logs_path)  # and the selection rule's
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
+    evaluate = muse_evaluator(data_args, tokenizer)  # checks the evaluation's inputs before training
+    plan_checkpoint_eval(args, evaluate, "muse", data_args.retain_logs_path)  # and the selection rule's
     _, retain = muse_train_chunks(data_args, tokenizer, args.max_length, include_forget=False, include_retain=uses_retain(args))
     if data_args.sustainability:
         return sustainability(model_args, data_args, args, tokenizer, retain, evaluate)

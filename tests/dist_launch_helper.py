@@ -118,6 +118,8 @@ class RecordingUnlearnTrainer(UnlearnTrainer):
             "seen": self.seen,
             "grad_norm": grad_norms,
             "logged_loss": logged_loss,
+            # evaluation during training (llmpost.trainers.checkpoint_eval): what this rank recorded
+            "evaluations": [e.to_dict() for e in self.checkpoint_eval.evaluations] if self.checkpoint_eval else None,
         }
         with open(os.path.join(dump, f"rank{rank}.json"), "w") as f:
             json.dump(record, f)

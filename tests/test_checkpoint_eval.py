@@ -128,6 +128,22 @@ def test_curves_selection_and_best(runs):
 
 
 @pytest.mark.slow
+def test_report_curves_marks_the_selected_step(runs, tmp_path, capsys):
+    plot = tmp_path / "curves.png"
+    _cli("report", "curves", "--run", f"npo={runs / 'eval'}", "--keys", "forget_quality", "model_utility",
+         "--plot", str(plot))  # fmt: skip
+    out = capsys.readouterr().out
+    chosen = json.loads((runs / "eval" / "SELECTION.json").read_text())["chosen"]["step"]
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("npo ")]
+    assert [ln[1] for ln in lines] == [f"{s}*" if s == chosen else str(s) for s in (0, 2, 4)]
+    assert plot.stat().st_size > 1000
+    from llmpost.cli import main
+
+    assert main(["report", "curves", "--run", f"plain={runs / 'plain'}"]) == 2  # no eval_* curves: a clear error
+    assert "no eval_forget_quality" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_equals_standalone_evaluation(runs, retain_log, tmp_path):
     """``llmpost eval tofu`` on the chosen checkpoint (best/) and on the final model gives the same files."""
     out = runs / "eval"
@@ -244,4 +260,16 @@ def test_bad_input_fails_before_training_naming_the_key(tmp_path, capsys, monkey
                  "--retain_logs_path", "", "--eval_strategy", "steps", "--select", "muse_bench",
                  "--output_dir", str(tmp_path / "f"))  # fmt: skip
     assert "select: muse_bench needs retain_logs_path" in err
-    assert not any((tmp_path / d).exists() for d in "abcdef")
+    other = tmp_path / "other_tok"  # the tiny model with one more token: the Reference attack cannot compare losses
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(TINY_MODEL, other)
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tok.add_tokens(["zzqxword"])
+    tok.save_pretrained(other)
+    err = _fails(capsys, "npo_tofu", *BASE, *log, "--mia_reference_model_path", str(other),
+                 "--output_dir", str(tmp_path / "g"))  # fmt: skip
+    assert "mia_reference_model_path" in err
+    assert not any((tmp_path / d).exists() for d in "abcdefg")

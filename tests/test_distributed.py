@@ -268,6 +268,68 @@ def test_deepspeed_zero2_two_cpu_processes(tmp_path_factory, single, initial_par
     _check_against_single(_launch_zero2(tmp_path_factory), single, initial_params, "zero2")
 
 
+# Evaluation during training on two processes (llmpost.trainers.checkpoint_eval): TOFU on 6 rows of each split after
+# every optimizer step, sharded over the ranks, with checkpoint selection.
+EVAL_ARGS = ["--eval_strategy", "steps", "--eval_steps", "1", "--eval_after_training", "true", "--eval_max_examples",
+             "6", "--eval_max_new_tokens", "8", "--per_device_eval_batch_size", "8", "--select", "max_forget_quality"]
+
+
+@pytest.fixture(scope="module")
+def retain_log(tmp_path_factory):
+    from llmpost.cli import main
+
+    out = tmp_path_factory.mktemp("retain_log")
+    assert main(["eval", "tofu", "--model_name_or_path", str(TINY_MODEL), "--data_dir", str(TOFU_DIR), "--forget_split",
+                 "forget01", "--max_examples", "6", "--max_new_tokens", "8", "--batch_size", "8", "--output_dir",
+                 str(out)]) == 0  # fmt: skip
+    return out / "TOFU_EVAL.json"
+
+
+def _close(a, b, path="") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}/{i}")
+    elif isinstance(a, float) and isinstance(b, float):  # 2 shards vs 1: other batches, float32 reduction noise
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+def _check_eval_during_training(run: dict, retain_log: Path, tmp_path: Path) -> None:
+    """Both ranks recorded the same evaluations at every step; the run's best/ and final evaluations equal a standalone
+    single-process ``llmpost eval tofu`` of the same checkpoints."""
+    from llmpost.cli import main
+
+    ev = [r["evaluations"] for r in run["ranks"]]
+    assert [e["step"] for e in ev[0]] == list(range(1, MAX_STEPS + 1)) and ev[0] == ev[1]
+    out = run["output_dir"]
+    sel = json.loads((out / "SELECTION.json").read_text())
+    assert sel["status"] == "final" and [e["summary"] for e in sel["evaluations"]] == [e["summary"] for e in ev[0]]
+    for name, model_dir in (("best", out / "best"), ("final", out)):
+        assert main(["eval", "tofu", "--model_name_or_path", str(model_dir), "--data_dir", str(TOFU_DIR),
+                     "--forget_split", "forget01", "--max_examples", "6", "--max_new_tokens", "8", "--batch_size", "8",
+                     "--retain_logs_path", str(retain_log), "--output_dir", str(tmp_path / name)]) == 0  # fmt: skip
+        _close(json.loads((tmp_path / name / "TOFU_EVAL.json").read_text()),
+               json.loads((model_dir / "eval" / "TOFU_EVAL.json").read_text()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ddp", "zero3"])
+def test_eval_during_training_two_processes(tmp_path_factory, retain_log, tmp_path, backend):
+    config, extra, use_cpu = {
+        "ddp": ("configs/accelerate/cpu_ddp.yaml", [], True),
+        "zero3": ("configs/accelerate/cpu_zero3.yaml", ["--ddp_backend", "gloo", "--use_cpu", "false"], False),
+    }[backend]
+    run = _launch(tmp_path_factory, f"eval_{backend}", config,
+                  [*extra, *EVAL_ARGS, "--retain_logs_path", str(retain_log)], use_cpu_flag=use_cpu)  # fmt: skip
+    _check_eval_during_training(run, retain_log, tmp_path)
+
+
 @pytest.mark.parametrize("name", ["single", "ddp", "zero2", "zero3", "cpu_ddp", "cpu_zero3"])
 def test_accelerate_configs(name):
     """Every shipped accelerate config loads; the DeepSpeed ones point at a JSON that leaves precision, batch and

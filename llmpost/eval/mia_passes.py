@@ -31,7 +31,7 @@ from llmpost.eval import mia
 from llmpost.eval.shard import model_device, sharded_map, world
 from llmpost.models import pad_token_id
 from llmpost.ops import IGNORE_INDEX
-from llmpost.utils import progress_disabled
+from llmpost.utils import DataError, progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ SUITE_KEYS = ("mia_loss", "mia_zlib", "mia_min_k_plus_plus", "mia_gradnorm", "mi
 REFERENCE_FLAG = "mia_reference_model_path"
 
 
-class ReferenceModelError(ValueError):
+class ReferenceModelError(DataError):
     """The Reference attack's model cannot be used (missing, or its tokenizer differs); the message names
     ``mia_reference_model_path``."""
 

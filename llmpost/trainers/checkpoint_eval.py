@@ -23,6 +23,7 @@ rule, the reason, every evaluation) into ``output_dir`` and ``output_dir/best``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -84,7 +85,8 @@ def evaluate_checkpoint(trainer, evaluate: Evaluator, model_dir: str, eval_dir: 
     from llmpost.models import load_saved_model
 
     trainer.accelerator.wait_for_everyone()
-    model = load_saved_model(model_dir).to(trainer.args.device)
+    with _full_weights_load():
+        model = load_saved_model(model_dir).to(trainer.args.device)
     summary = evaluate(model, trainer.processing_class, trainer.args, eval_dir)
     del model
     if torch.cuda.is_available():
@@ -95,6 +97,20 @@ def evaluate_checkpoint(trainer, evaluate: Evaluator, model_dir: str, eval_dir: 
         broadcast_object_list(box, from_process=0)
         summary = box[0]
     return summary
+
+
+@contextlib.contextmanager
+def _full_weights_load():
+    """While DeepSpeed ZeRO-3 trains, ``from_pretrained`` would partition a model it loads (``zero.Init``); the
+    evaluation copy must hold its full weights on each process, so the ZeRO-3 config is hidden while it loads."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def _rng_state() -> dict:

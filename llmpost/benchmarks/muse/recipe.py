@@ -76,13 +76,17 @@ def muse_template_answers(data_args: MuseArguments, tokenizer, forget, max_lengt
     return TemplateAnswers(answers, _PrefixWithAnswer(tokenizer, prefixes, max_length))
 
 
-def muse_evaluator(data_args: MuseArguments) -> Evaluator:
+def muse_evaluator(data_args: MuseArguments, tokenizer=None) -> Evaluator:
     """The MUSE-News evaluation of a recipe's saved model, as an :data:`Evaluator`. Its inputs (the evaluated splits,
     the retrained model's log) are checked now, so that a missing file stops the recipe before training."""
     if data_args.eval_after_training:
         from llmpost.benchmarks.muse.evaluate import load_muse_eval_splits, resolve_reference_auc
 
         load_muse_eval_splits(data_args.data_dir, data_args.eval_max_examples)
+        if tokenizer is not None and data_args.mia_reference_model_path:  # the Reference attack's model
+            from llmpost.eval.mia_passes import check_reference_tokenizer
+
+            check_reference_tokenizer(tokenizer, data_args.mia_reference_model_path)  # a DataError naming the key
         try:
             resolve_reference_auc(data_args.eval_protocol, retain_logs_path=data_args.retain_logs_path)
         except ValueError as e:  # RetainLogError: a log without a usable AUC

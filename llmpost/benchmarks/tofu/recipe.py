@@ -47,10 +47,15 @@ def tofu_template_answers(data_args: TofuArguments, tokenizer, max_length: int) 
     return TemplateAnswers(load_template_answers(path), encode)
 
 
-def tofu_evaluator(data_args: TofuArguments) -> Evaluator:
+def tofu_evaluator(data_args: TofuArguments, tokenizer=None) -> Evaluator:
     """The TOFU evaluation of a recipe's saved model, as an :data:`Evaluator`. Its inputs (the evaluated splits, the
-    retain model's log) are checked now, so that a missing file stops the recipe before training."""
+    retain model's log, and with ``tokenizer`` the Reference attack's model) are checked now, so that a bad input stops
+    the recipe before training."""
     if data_args.eval_after_training:
+        if tokenizer is not None and data_args.mia_reference_model_path:
+            from llmpost.eval.mia_passes import check_reference_tokenizer
+
+            check_reference_tokenizer(tokenizer, data_args.mia_reference_model_path)  # a DataError naming the key
         from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
         from llmpost.benchmarks.tofu.evaluate import load_retain_logs
 
