@@ -210,6 +210,8 @@ class CheckpointEvaluation:
         self.evaluations = [e for e in self.evaluations if e.step != step]
         self.evaluations.append(Evaluation(step, str(checkpoint), dict(summary or {}), trainer.state.epoch))
         selection = self.current()
+        # save_total_limit's rotation keeps Trainer's best_model_checkpoint: the chosen checkpoint survives it
+        trainer.state.best_model_checkpoint = self.evaluations[selection.index].checkpoint
         if trainer.is_world_process_zero():
             for e in self.evaluations:
                 path = Path(e.checkpoint)
