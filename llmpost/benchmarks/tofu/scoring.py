@@ -3,6 +3,7 @@ scored with ROUGE, each sharded over processes."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,9 +66,22 @@ def _row_stats(logits: torch.Tensor, labels: torch.Tensor) -> list[AnswerStats]:
     return out
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward (under a PEFT wrapper: its base model's) takes ``logits_to_keep``."""
+    get_base = getattr(model, "get_base_model", None)
+    target = get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+    try:
+        return "logits_to_keep" in inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @torch.inference_mode()
 def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int, bar=None) -> list[AnswerStats]:
+    """Stats of ``examples`` (sorted longest first) in equal-length batches. Logits are computed only from the
+    position before the batch's first label on (``logits_to_keep``): the prompt positions before it score nothing."""
     device, out = model_device(model), []
+    keep = _takes_logits_to_keep(model)
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=len(examples), desc=f"score (batch {batch_size})", unit="answer",
@@ -75,8 +89,11 @@ def _score_batches(model, examples: list[dict], batch_size: int, pad_id: int, ba
     for start, end in _equal_length_batches([len(e["input_ids"]) for e in examples], batch_size):
         batch = pad_examples(examples[start:end], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        out += _row_stats(logits, batch["labels"])
+        labels, width = batch["labels"], batch["input_ids"].shape[1]
+        start = max(int((labels != IGNORE_INDEX).int().argmax(-1).min()) - 1, 0) if keep else 0
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                       **({"logits_to_keep": width - start} if start else {})).logits  # fmt: skip
+        out += _row_stats(logits, labels[:, start:])
         bar.update(logits.shape[0])
     if own_bar:
         bar.close()
