@@ -183,11 +183,12 @@ def _score_groups(model, groups: list[_Group], batch_size: int, pad_id: int) -> 
         for (i, _), st in zip(flat, by_pos):
             out[i].append(st)  # type: ignore[union-attr]
     sharing = [i for i, g in enumerate(groups) if g.shared]
+    last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}  # the prefix's logits are not used
     for batch in _group_batches([groups[i] for i in sharing], batch_size):
         batch = [sharing[k] for k in batch]
         p = groups[batch[0]].shared
         prefix = torch.tensor([groups[i].examples[0]["input_ids"][:p] for i in batch], device=device)
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache = model(input_ids=prefix, use_cache=True, **last_only).cache
         owner = [k for k, i in enumerate(batch) for _ in groups[i].examples]
         cache.batch_select_indices(torch.tensor(owner, device=device))
         rest = pad_examples([{k: e[k][p:] for k in ("input_ids", "labels", "attention_mask")}
