@@ -138,6 +138,33 @@ def test_batch_size_invariance(model_and_tokenizer):
         assert pa[key] == pytest.approx(pb[key], rel=1e-5, abs=1e-7), key
 
 
+def test_prefix_shared_scoring_matches_whole_sequences(model_and_tokenizer):
+    """Scoring each question's answers after one shared pass over its prompt (KV cache) gives the whole-sequence
+    numbers within float32 noise; the batched tokenisation gives encode_qa's lists exactly."""
+    import numpy as np
+
+    from llmpost.benchmarks.tofu.data import load_tofu_eval_splits
+    from llmpost.benchmarks.tofu.scoring import _shared_prefix, score_answers
+    from llmpost.data.templates import TemplateArgs, encode_qa, encode_qa_batch
+
+    model, tok = model_and_tokenizer
+    splits = load_tofu_eval_splits(str(DATA), "forget10", None, 3)
+    pairs = [(r["question"], a) for name in ("forget", "ra", "holdout") for r in splits[name]
+             for c in ("answer", "paraphrased_answer", "perturbed_answer") if c in r
+             for a in (r[c] if isinstance(r[c], list) else [r[c]])]  # fmt: skip
+    template = TemplateArgs()
+    examples = encode_qa_batch(tok, template, pairs, 512)
+    assert examples == [encode_qa(tok, template, q, a, 512) for q, a in pairs]
+    first = [e for (q, _), e in zip(pairs, examples) if q == pairs[0][0]]
+    assert len(first) == 7 and _shared_prefix(first) > 10  # the prompt, less its last token, is shared
+    whole = score_answers(model, tok, template, pairs, batch_size=8, share_prefix=False)
+    shared = score_answers(model, tok, template, pairs, batch_size=8, share_prefix=True)
+    for w, s in zip(whole, shared):
+        assert s.avg_loss == pytest.approx(w.avg_loss, rel=1e-5)
+        np.testing.assert_allclose(s.token_logps, w.token_logps, rtol=1e-5, atol=1e-4)
+        assert s.extraction_strength == pytest.approx(w.extraction_strength, abs=1e-12)
+
+
 def test_forget_quality_and_privleak_against_retain_logs(model_and_tokenizer, full_run, tmp_path):
     model, tok = model_and_tokenizer
     own_log = full_run[0] / EVAL_FILE

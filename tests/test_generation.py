@@ -222,7 +222,7 @@ def test_generate_samples_greedy_counts_stopwords_and_progress(model, tokenizer,
     assert cut[0][0] == sampled[0][0].split(word)[0].strip() and all(word not in t for s in cut for t in s)
     ticks = []
 
-    class Bar:  # records the progress bar's unit and updates
+    class Bar:  # records the progress bar's total, unit and updates
         def __init__(self, total, desc, unit):
             ticks.append((total, unit))
 
@@ -235,9 +235,40 @@ def test_generate_samples_greedy_counts_stopwords_and_progress(model, tokenizer,
         def update(self, k):
             ticks.append(k)
 
+        def set_postfix_str(self, text, refresh=True):
+            ticks.append(text)
+
     monkeypatch.setattr(G.transformers_backend, "_progress", Bar)
     G.generate_samples(model, tokenizer, prompts, G.SampleSettings(n=3, max_new_tokens=2, batch_size=4))
-    assert ticks == [(15, "sample"), 4, 4, 4, 3]  # one tick per batch of rows
+    # one tick per decoding step (2 per batch of rows), the rows done after each batch
+    assert ticks == [(8, "step"), 1, 1, "4/15 samples", 1, 1, "8/15 samples", 1, 1, "12/15 samples", 1, 1,
+                     "15/15 samples"]  # fmt: skip
+    ticks.clear()
+    G.generate_greedy(model, tokenizer, prompts[:2], max_new_tokens=3, batch_size=2, impl="hf")
+    assert ticks == [(3, "step"), 1, 1, 1, "2/2 prompts"]  # generate() ticks through a stopping criterion
+    ticks.clear()
+    eos = tokenizer.eos_token_id
+    G.generate_greedy(model, tokenizer, prompts[:1], max_new_tokens=3, stopwords=[tokenizer.decode(prompts[0][1:3])])
+    assert ticks[0] == (3, "step") and sum(t for t in ticks[1:] if isinstance(t, int)) == 3 and eos is not None
+
+
+def test_greedy_batches_cut_by_length_same_tokens(model, tokenizer, monkeypatch):
+    from llmpost.generation import transformers_backend as TB
+
+    long = tokenizer(" ".join(TEXTS * 3))["input_ids"]
+    prompts = [long] + [tokenizer(t)["input_ids"] for t in TEXTS] * 2
+    lengths = sorted((len(p) for p in prompts), reverse=True)
+    cpu = torch.device("cpu")
+    assert TB._greedy_batches(lengths, 32, 20, cpu) == [(0, len(prompts))]  # 10 short rows: too few to cut
+    monkeypatch.setattr(TB, "_CPU_STEP_COST_ROW_TOKENS", 100)  # a cheaper step: the long prompt goes alone
+    cuts = TB._greedy_batches(lengths, 32, 20, cpu)
+    assert cuts[0] == (0, 1) and cuts[-1][1] == len(prompts)
+    assert all(b - a <= 4 for a, b in TB._greedy_batches(lengths, 4, 20, cpu))  # never above batch_size
+    assert TB._greedy_batches(lengths, 4, 20, torch.device("meta")) == [(0, 4), (4, 8), (8, 11)]  # elsewhere: chunks
+    cut = G.generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=32)
+    monkeypatch.setattr(TB, "_CPU_STEP_COST_ROW_TOKENS", 10**12)  # one batch of all prompts
+    assert TB._greedy_batches(lengths, 32, 20, cpu) == [(0, len(prompts))]
+    assert G.generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=32) == cut
 
 
 def test_generate_samples_validation_empty_and_missing_vllm(model, tokenizer, prompts):

@@ -57,7 +57,24 @@ def encode_qa(tokenizer, template: TemplateArgs, question: str, answer: str, max
         full = tokenizer(
             wrap_question(template, question) + answer, add_special_tokens=True, max_length=max_length, truncation=True
         )["input_ids"]
-    prompt = encode_prompt(tokenizer, template, question, max_length)
+    return _qa_example(tokenizer, full, encode_prompt(tokenizer, template, question, max_length), question)
+
+
+def encode_qa_batch(tokenizer, template: TemplateArgs, pairs, max_length: int) -> list[dict[str, list[int]]]:
+    """``[encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]``, the same lists, with one tokenizer
+    call for all texts and each distinct question's prompt tokenised once (the chat template goes pair by pair)."""
+    if template.apply_chat_template:
+        return [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
+    if not pairs:
+        return []
+    kw = dict(add_special_tokens=True, max_length=max_length, truncation=True)
+    fulls = tokenizer([wrap_question(template, q) + a for q, a in pairs], **kw)["input_ids"]
+    questions = list(dict.fromkeys(q for q, _ in pairs))
+    prompts = dict(zip(questions, tokenizer([wrap_question(template, q) for q in questions], **kw)["input_ids"]))
+    return [_qa_example(tokenizer, full, prompts[q], q) for full, (q, _) in zip(fulls, pairs)]
+
+
+def _qa_example(tokenizer, full, prompt, question: str) -> dict[str, list[int]]:
     full = list(full)
     if full[-1] != tokenizer.eos_token_id:
         full.append(tokenizer.eos_token_id)

@@ -8,7 +8,10 @@ sets no stop words, so generation ends at EOS or after ``max_new_tokens``; pass 
 ``asst_end_tag``) to also stop there.
 
 Prompts are processed longest first (padding is then small, and an out-of-memory error shows up in the first batch),
-and the outputs are returned in the prompts' order.
+and the outputs are returned in the prompts' order. Greedy batches on CPU are cut where the prompt length drops enough
+that less left padding pays for an extra batch's per-step cost (``transformers_backend._greedy_batches``; at most
+``batch_size`` rows each); the tokens are the same as with plain chunks of ``batch_size`` (float noise in the masked
+attention aside; tested). The progress bar counts decoding steps, with the rows done as a postfix.
 
 The transformers backend has two implementations of the same decoding (``impl``):
 

@@ -4,7 +4,7 @@ makes the same model calls as ``generate`` and gives the same tokens, greedy or 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -161,11 +161,12 @@ def _greedy_lean(model, input_ids, attention_mask, max_new_tokens, pad, eos, sto
 
 @torch.inference_mode()
 def _lean_decode(model, input_ids, attention_mask, max_new_tokens, pad, eos, stops: _StringStops | None,
-                 sampling: Sampling | None = None) -> torch.Tensor:  # fmt: skip
+                 sampling: Sampling | None = None, on_step: Callable[[], object] | None = None) -> torch.Tensor:  # fmt: skip
     """New tokens of a left-padded batch, ``(B, steps)``: the same calls and the same output as ``model.generate(
     do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=eos, stopping_criteria=...)``, or with
     ``sampling`` as ``generate(do_sample=True, temperature=..., top_k=..., top_p=..., ...)`` under the same global RNG
-    state (every row draws at every step, finished ones too, as in ``generate``).
+    state (every row draws at every step, finished ones too, as in ``generate``). ``on_step`` (e.g. a progress bar's
+    tick) is called after each new token.
     """
     batch = input_ids.shape[0]
     device = input_ids.device
@@ -191,6 +192,8 @@ def _lean_decode(model, input_ids, attention_mask, max_new_tokens, pad, eos, sto
             next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
         tokens[:, step] = next_tokens
         steps = step + 1
+        if on_step is not None:
+            on_step()
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
         if eos_t is not None:
