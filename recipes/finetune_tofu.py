@@ -35,8 +35,8 @@ def main(argv=None):
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
-    evaluate = tofu_evaluator(data_args, tokenizer)  # checks the evaluation's inputs now, before training
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length, include_forget=ft_args.include_forget)
+    evaluate = tofu_evaluator(data_args, tokenizer)  # checks the evaluation's inputs now, before training
     train = concatenate_datasets([forget, retain]) if forget is not None else retain
     train = train.remove_columns(["index", "attention_mask"])  # SFTTrainer keeps the given labels (answer tokens only)
 

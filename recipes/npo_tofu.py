@@ -37,10 +37,10 @@ def main(argv=None):
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
-    evaluate = tofu_evaluator(data_args, tokenizer)  # checks the evaluation's inputs now, before training
-    checkpoint_eval = plan_checkpoint_eval(args, evaluate, "tofu", data_args.retain_logs_path)
     forget, retain = tofu_train_splits(data_args, tokenizer, args.max_length)
     templates = tofu_template_answers(data_args, tokenizer, args.max_length) if args.method in NEEDS_TEMPLATES else None
+    evaluate = tofu_evaluator(data_args, tokenizer)  # checks the evaluation's inputs now, before training
+    checkpoint_eval = plan_checkpoint_eval(args, evaluate, "tofu", data_args.retain_logs_path)
     seed = args.data_seed if args.data_seed is not None else args.seed
     dataset = ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
     model = load_model(model_args, args.trust_remote_code)
