@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_unlearn_trainer import _args, _forget_logps, _model, _params
 from transformers import TrainerCallback
 
 from conftest import TOFU_DIR
@@ -15,7 +16,6 @@ from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.losses.pdu import dual_update
 from llmpost.trainers.reference import Reference
 from llmpost.trainers.unlearn import UnlearnConfig, UnlearnTrainer, uses_retain
-from test_unlearn_trainer import _args, _forget_logps, _model, _params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

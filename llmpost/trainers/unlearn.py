@@ -6,7 +6,7 @@ Each method is a pure per-example loss in its own file (``grad_diff.py``, ``npo.
 the :class:`UnlearnConfig`, the :class:`UnlearnMethod` dispatch and the :class:`UnlearnTrainer`, on the shared base
 (:mod:`llmpost.trainers.base`; TRL has no unlearning trainer to extend).
 
-Objective, per batch of ``B`` forget examples each paired with one retain example (and, for FLAT and IdkDPO, one
+Objective, per batch of ``B`` forget examples each paired with one retain example (and, for FLAT, IdkDPO and AltPO, one
 template answer such as "I don't know" to the forget row's question):
 
     loss = gamma * mean_i forget_loss_i  +  alpha * mean_i retain_loss_i      (retain term only where the method has one)
