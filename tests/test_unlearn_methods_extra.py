@@ -182,3 +182,52 @@ def test_new_method_defaults_and_validation():
         UnlearnConfig(**cfg, method="wga", token_reduction="tokens")
     with pytest.raises(ValueError, match="reference: 'precomputed' cannot serve method 'undial'"):
         UnlearnConfig(**cfg, method="undial", reference="precomputed")
+
+
+@pytest.mark.parametrize("method", ["undial", "wga", "satimp", "ceu", "pdu", "altpo"])
+def test_gradient_accumulation_invariance_new_methods(tmp_path, splits01, templates01, memorised, tokenizer, method):
+    """One optimizer step on 8 examples: (batch 8, accumulation 1) == (batch 2, accumulation 4) with the per-example
+    token reduction (``token_reduction: example``). Plain SGD, lr 1: the step is the gradient itself (Adam's first step,
+    ``lr * g / |g|``, would blow float32 noise in near-zero gradient entries up to ``lr``)."""
+    forget, retain = splits01
+    extra = {"pdu_retain_eps": 1.0, "pdu_dual_warmup_epochs": 0} if method == "pdu" else {}
+    results = []
+    for bs, ga in ((8, 1), (2, 4)):
+        args = _args(tmp_path / f"{bs}", method=method, per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+                     max_steps=1, learning_rate=1.0, optim="sgd", max_grad_norm=1e9, **extra)
+        ds = ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=3,
+                                 templates=templates01 if method == "altpo" else None)
+        model = _memorised_model(memorised)
+        before = _params(model)
+        trainer = UnlearnTrainer(model, args, ds, tokenizer)
+        trainer.train()
+        results.append({n: p - before[n] for n, p in _params(trainer.model).items()})
+    scale = max(v.abs().max().item() for v in results[0].values())  # PDU's and AltPO's gradients are large
+    assert scale > 0
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_undial_with_lora_uses_the_peft_base_as_teacher(tmp_path, splits01, memorised, tokenizer):
+    from peft import LoraConfig
+
+    forget, retain = splits01
+    model = _memorised_model(memorised)
+    before_logps = _forget_logps(model, forget, tokenizer)
+    peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    trainer = UnlearnTrainer(model, _args(tmp_path, method="undial", learning_rate=2e-2), ForgetRetainDataset(forget),
+                             tokenizer, peft_config=peft_config)
+    assert trainer.reference == Reference.PEFT_BASE and trainer.ref_model is None
+    trainer.train()
+    assert _forget_logps(trainer.model, forget, tokenizer).mean() < before_logps.mean() - 1.0
+    with trainer.model.disable_adapter():
+        torch.testing.assert_close(_forget_logps(trainer.model, forget, tokenizer), before_logps, rtol=1e-5, atol=1e-4)
+
+
+def test_alpha_parses_from_the_command_line():
+    from llmpost.config import parse_config
+
+    (args,) = parse_config((UnlearnConfig,), ["--output_dir", "x", "--use_cpu", "true", "--method", "undial", "--alpha", "0.5"])
+    assert args.alpha == 0.5
+    (args,) = parse_config((UnlearnConfig,), ["--output_dir", "x", "--use_cpu", "true", "--method", "undial"])
+    assert args.alpha == 0.0
