@@ -44,7 +44,8 @@ def satimp_loss(token_logps: torch.Tensor, mask: torch.Tensor, beta1: float = 5.
     Returns:
         ``(B,)`` per-example losses.
 
-    Deviations from the paper: none in the per-token terms (equal to open-unlearning's ``compute_satimp_loss``).
+    Deviations from the paper: none in the per-token terms (equal to open-unlearning's ``compute_satimp_loss`` and to
+    the authors' ``tmlr-group/SatImp`` ``dataloader/dataloader_sat.py``, ``loss_type: satimp``).
     Tokens are averaged per example, then over examples; open-unlearning takes one mean over every answer token of
     the batch (the trainer's ``token_reduction: batch``).
     """
