@@ -46,8 +46,9 @@ def wga_loss(token_logps: torch.Tensor, mask: torch.Tensor, beta: float = 1.0) -
     Returns:
         ``(B,)`` per-example losses.
 
-    Deviations from the paper: none in the per-token terms (equal to open-unlearning's ``compute_wga_loss``:
-    ``-(exp(-ce)^beta * ce)`` with ``ce = -log p``). The tokens are averaged per example, then over examples;
+    Deviations from the paper: none in the per-token terms (equal to open-unlearning's ``compute_wga_loss`` and the
+    authors' ``tmlr-group/G-effect`` ``dataloader.py``, ``loss_type: wga``: ``-(exp(-ce)^beta * ce)`` with
+    ``ce = -log p``; the authors' ``wga`` has no retain term, ``alpha: 0`` here, open-unlearning adds the retain NLL). The tokens are averaged per example, then over examples;
     open-unlearning takes one mean over every answer token of the batch (the trainer's ``token_reduction: batch``).
     """
     return masked_mean(wga_token_loss(token_logps, beta), mask)
