@@ -2,6 +2,7 @@
 
     python scripts/compare_unlearning.py                                  # both benchmarks, all methods, CPU
     python scripts/compare_unlearning.py --benchmarks tofu --methods npo flat idk_dpo
+    python scripts/compare_unlearning.py --dry_run                        # print the commands, run nothing
 
 TOFU (the quickstart's setting): ``stories260K`` fine-tuned on forget10 + the first 23 retain authors is the target,
 on those 23 authors alone the retain model (whose ``TOFU_EVAL.json`` is the retain log forget quality is measured
@@ -13,9 +14,11 @@ PrivLeak's reference AUC.
 
 Same budget for every method: the configs' epochs and batch. On TOFU the learning rate follows one rule, measured on
 the tiny TOFU target for NPO and NPO+RT (see ``configs/npo_tofu_tiny.yaml``): methods with a retain term (gradient
-difference, NPO+RT, SimNPO, IdkDPO) use 5e-4, forget-only methods (gradient ascent, NPO, FLAT) 5e-5, since without a
-retain term a larger step collapses the retain set with the forget set on this 260K-parameter model. On MUSE every
-method uses the tiny config's learning rate (1e-4). ``--lr METHOD=LR`` overrides either.
+difference, NPO+RT, SimNPO, IdkDPO, WGA, SatImp, PDU, AltPO) use 5e-4, forget-only methods (gradient ascent, NPO,
+FLAT, CE-U, and UNDIAL, whose retain weight defaults to 0) 5e-5, since without a retain term a larger step collapses
+the retain set with the forget set on this 260K-parameter model (the rule was measured for NPO and NPO+RT only; the
+methods added later follow it untuned). On MUSE every method uses the tiny config's learning rate (1e-4). ``--lr
+METHOD=LR`` overrides either. PDU gets ``METHOD_FLAGS`` (its retain bound has no default).
 
 Writes into ``--out``: ``comparison.md`` and ``comparison.json`` (every metric of every run, with its wall time and
 learning rate), ``tofu_fq_vs_mu.png`` and ``muse_mem_vs_utility.png``. A run whose evaluation summary already exists
@@ -44,7 +47,10 @@ from llmpost.trainers.unlearn import UnlearnMethod  # noqa: E402
 from llmpost.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 METHODS = [m.value for m in UnlearnMethod]
-WITH_RETAIN_TERM = {"grad_diff", "npo_rt", "simnpo", "idk_dpo"}
+WITH_RETAIN_TERM = {"grad_diff", "npo_rt", "simnpo", "idk_dpo", "wga", "satimp", "pdu", "altpo"}
+# Method settings without a default. PDU: the retain-NLL bound, above the tiny targets' retain NLL (~0.8 on TOFU's
+# memorised retain authors), and a one-epoch dual warm-up (the default 5 is the whole 5-epoch budget). Untuned.
+METHOD_FLAGS = {"pdu": ["--pdu_retain_eps", "1.0", "--pdu_dual_warmup_epochs", "1"]}
 MUSE_KEYS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "privleak_auc")
 
 
@@ -59,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning-rate overrides")
     p.add_argument("--rerun", action="store_true", help="train and evaluate again even where results exist")
+    p.add_argument("--dry_run", action="store_true", help="print each recipe command and run nothing")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every unlearning recipe")
     args = p.parse_args(argv)
     lrs = {}
@@ -85,7 +92,9 @@ def compare_tofu(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
         runner.run(f"tofu/{method}", out / method / "eval/TOFU_SUMMARY.json",
                    ["recipes/npo_tofu.py", "--config", unlearn, *common, "--method", method, "--learning_rate", str(lr),
                     "--model_name_or_path", str(out / "target"), "--output_dir", str(out / method),
-                    "--retain_logs_path", str(retain_log), *args.extra])
+                    "--retain_logs_path", str(retain_log), *METHOD_FLAGS.get(method, []), *args.extra])
+    if args.dry_run:
+        return {}
     retain_logs = json.loads(retain_log.read_text())
     names = ["retain", "target", *args.methods]
     return {name: load_run(out / name / "eval", retain_logs) for name in names}
@@ -107,7 +116,9 @@ def compare_muse(args, runner: RecipeRunner, out: Path) -> dict[str, dict]:
         runner.run(f"muse/{method}", out / method / "eval" / SUMMARY_FILE,
                    ["recipes/npo_muse.py", "--config", unlearn, *common, "--method", method, *lr,
                     "--model_name_or_path", str(out / "target"), "--output_dir", str(out / method),
-                    "--retain_logs_path", str(retrain_log), *args.extra])
+                    "--retain_logs_path", str(retrain_log), *METHOD_FLAGS.get(method, []), *args.extra])
+    if args.dry_run:
+        return {}
     names = ["retrain", "target", *args.methods]
     return {name: load_summary(out / name / "eval", SUMMARY_FILE, "llmpost eval muse") for name in names}
 
@@ -116,6 +127,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     runner = RecipeRunner(ROOT, args.rerun)
+    if args.dry_run:  # print what would run; nothing is trained, evaluated or written
+        runner.run = lambda name, done, cmd: print(f"[compare] {name}: {' '.join(cmd)}", flush=True)
+        for bench in args.benchmarks:
+            (compare_tofu if bench == "tofu" else compare_muse)(args, runner, out / bench)
+        return
     t0 = time.perf_counter()
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
                      "methods": args.methods, "tofu_learning_rates": {m: args.lrs.get(m, default_lr(m)) for m in args.methods}}

@@ -243,9 +243,9 @@ class MuseArguments:
         default=None, metadata={"help": "A local retain corpus (.txt, .json, .jsonl; llmpost.data.corpus); replaces retain_split."})
     max_retain_texts: int | None = field(default=None, metadata={"help": "Only the first N retain documents; unset: all."})
     template_answers_path: str | None = field(
-        default=None, metadata={"help": "FLAT / IdkDPO template answers, one per line; unset: llmpost's built-in list."})
+        default=None, metadata={"help": "FLAT / IdkDPO / AltPO template answers, one per line; unset: llmpost's built-in list."})
     template_prompt_tokens: int = field(
-        default=32, metadata={"help": "FLAT / IdkDPO: the first N tokens of a chunk are the prompt of its template answer."})
+        default=32, metadata={"help": "FLAT / IdkDPO / AltPO: the first N tokens of a chunk are the prompt of its template answer."})
     sustainability: bool = field(
         default=False, metadata={"help": "MUSE C6: unlearn sust/forget_1..sust_requests one after another."})
     sust_requests: int = field(default=4, metadata={"help": "Number of sequential requests (MUSE: 4)."})

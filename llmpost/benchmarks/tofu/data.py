@@ -141,7 +141,7 @@ class TofuArguments(TemplateArgs):
         default=None, metadata={"help": "Use only the first N retain authors (20 rows each); unset: the whole retain split."}
     )
     template_answers_path: str | None = field(
-        default=None, metadata={"help": "FLAT / IdkDPO template answers, one per line (unset: data_dir/idontknow.jsonl)."}
+        default=None, metadata={"help": "FLAT / IdkDPO template answers and AltPO alternates, one per line (unset: data_dir/idontknow.jsonl)."}
     )
     retain_logs_path: str | None = field(default=None, metadata={"help": "Retain model's TOFU_EVAL.json, for forget_quality."})
     mia_reference_model_path: str | None = field(

@@ -39,7 +39,7 @@ def tofu_template_answers(data_args: TofuArguments, tokenizer, max_length: int) 
     path = data_args.template_answers_path
     if path is None:
         if not data_args.data_dir:
-            raise DataError("template_answers_path: not set (FLAT and IdkDPO need template answers, e.g. TOFU's "
+            raise DataError("template_answers_path: not set (FLAT, IdkDPO and AltPO need template answers, e.g. TOFU's "
                             "idontknow.jsonl, one refusal per line)")
         path = str(Path(data_args.data_dir) / "idontknow.jsonl")
     questions = list(load_split(data_args.forget_split, data_args.data_dir)["question"])
