@@ -55,6 +55,7 @@ class UnlearnMethod(StrEnum):
     SIMNPO = "simnpo"
     FLAT = "flat"
     IDK_DPO = "idk_dpo"
+    RMU = "rmu"  # llmpost.trainers.rmu.RmuTrainer (RmuConfig's fields)
 
 
 class FlatReduction(StrEnum):
@@ -74,6 +75,8 @@ NEEDS_TEMPLATES = {UnlearnMethod.FLAT, UnlearnMethod.IDK_DPO}
 
 def uses_retain(args) -> bool:
     """Whether the configured method trains on retain rows (the recipes then pair them with the forget rows)."""
+    if args.method == UnlearnMethod.RMU:
+        return getattr(args, "rmu_alpha", 0) > 0
     return args.method in _HAS_RETAIN and args.alpha > 0
 
 
@@ -137,6 +140,8 @@ class UnlearnTrainer(LlmpostTrainer):
     collator = ForgetRetainCollator
 
     def __init__(self, model, args: UnlearnConfig, train_dataset, processing_class, ref_model=None, peft_config=None, **kwargs):
+        if args.method == UnlearnMethod.RMU and type(self).compute_loss is UnlearnTrainer.compute_loss:
+            raise ValueError("method 'rmu' is trained by llmpost.trainers.rmu.RmuTrainer with an RmuConfig")
         if args.method in NEEDS_TEMPLATES and getattr(train_dataset, "templates", None) is None:
             raise ValueError(f"method {args.method.value!r} needs template answers (ForgetRetainDataset(templates=...)), "
                              "e.g. TOFU's idontknow.jsonl: set template_answers_path")
