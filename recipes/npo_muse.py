@@ -43,7 +43,8 @@ from llmpost.eval.stats import markdown_table
 from llmpost.models import load_model, load_saved_model, load_tokenizer
 from llmpost.pipeline import save_and_evaluate
 from llmpost.trainers.checkpoint_eval import plan_checkpoint_eval
-from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
+from llmpost.trainers.rmu import RmuConfig, RmuTrainer
+from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnMethod, UnlearnTrainer, uses_retain
 from llmpost.utils import atomic_write_json, atomic_write_text, check_output_dir
 
 
@@ -63,8 +64,9 @@ def unlearn(model_args, args, tokenizer, dataset, evaluate, model_path=None, end
     checkpoint_eval = plan_checkpoint_eval(args, evaluate, "muse", retain_logs_path)
     dtype = model_args.dtype or "float32"
     model = load_model(model_args, args.trust_remote_code) if model_path is None else load_saved_model(model_path, dtype)
-    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
-                             checkpoint_eval=checkpoint_eval)
+    trainer_cls = RmuTrainer if args.method == UnlearnMethod.RMU else UnlearnTrainer
+    trainer = trainer_cls(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
+                          checkpoint_eval=checkpoint_eval)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return save_and_evaluate(trainer, evaluate, end_training=end_training)
 
@@ -94,7 +96,7 @@ def sustainability(model_args, data_args, args, tokenizer, retain, evaluate):
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_config((ModelConfig, MuseArguments, UnlearnConfig), argv)
+    model_args, data_args, args = parse_config((ModelConfig, MuseArguments, RmuConfig), argv)  # UnlearnConfig + rmu_*
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)

@@ -28,12 +28,13 @@ from llmpost.data.unlearn import ForgetRetainDataset
 from llmpost.models import load_model, load_tokenizer
 from llmpost.pipeline import save_and_evaluate
 from llmpost.trainers.checkpoint_eval import plan_checkpoint_eval
-from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnConfig, UnlearnTrainer, uses_retain
+from llmpost.trainers.rmu import RmuConfig, RmuTrainer
+from llmpost.trainers.unlearn import NEEDS_TEMPLATES, UnlearnMethod, UnlearnTrainer, uses_retain
 from llmpost.utils import check_output_dir
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_config((ModelConfig, TofuArguments, UnlearnConfig), argv)
+    model_args, data_args, args = parse_config((ModelConfig, TofuArguments, RmuConfig), argv)  # UnlearnConfig + rmu_*
     check_launch(args)
     check_output_dir(args.output_dir, data_args.overwrite_output_dir or bool(args.resume_from_checkpoint))
     tokenizer = load_tokenizer(model_args.model_name_or_path, args.trust_remote_code)
@@ -45,8 +46,9 @@ def main(argv=None):
     dataset = ForgetRetainDataset(forget, retain if uses_retain(args) else None, seed=seed, templates=templates)
     model = load_model(model_args, args.trust_remote_code)
 
-    trainer = UnlearnTrainer(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
-                             checkpoint_eval=checkpoint_eval)
+    trainer_cls = RmuTrainer if args.method == UnlearnMethod.RMU else UnlearnTrainer
+    trainer = trainer_cls(model, args, dataset, tokenizer, peft_config=get_peft_config(model_args),
+                          checkpoint_eval=checkpoint_eval)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     save_and_evaluate(trainer, evaluate)
 

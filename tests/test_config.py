@@ -34,6 +34,11 @@ def _types_for(config: Path):
         return (ModelConfig, TofuArguments, _recipe_types("finetune_tofu").FinetuneArguments, SFTConfig)
     if config.name.startswith("npo_tofu"):
         return UNLEARN
+    if config.name.startswith("rmu_"):  # recipes/npo_tofu.py (rmu_tofu*) or npo_muse.py (rmu_muse*, rmu_wmdp)
+        from llmpost.benchmarks.muse.data import MuseArguments
+        from llmpost.trainers.rmu import RmuConfig
+
+        return (ModelConfig, TofuArguments if config.name.startswith("rmu_tofu") else MuseArguments, RmuConfig)
     if config.name.startswith("finetune_muse"):
         from trl import SFTConfig
 

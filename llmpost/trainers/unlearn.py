@@ -75,6 +75,7 @@ class UnlearnMethod(StrEnum):
     CEU = "ceu"
     PDU = "pdu"
     ALTPO = "altpo"
+    RMU = "rmu"  # llmpost.trainers.rmu.RmuTrainer (RmuConfig's fields)
 
 
 class FlatReduction(StrEnum):
@@ -103,6 +104,8 @@ _DEFAULT_ALPHA = {M.UNDIAL: 0.0, M.SATIMP: 0.1}
 
 def uses_retain(args) -> bool:
     """Whether the configured method trains on retain rows (the recipes then pair them with the forget rows)."""
+    if args.method == UnlearnMethod.RMU:
+        return getattr(args, "rmu_alpha", 0) > 0
     return args.method in _HAS_RETAIN and (args.alpha > 0 or args.method == UnlearnMethod.PDU)
 
 
@@ -189,6 +192,8 @@ class UnlearnTrainer(LlmpostTrainer):
     collator = ForgetRetainCollator
 
     def __init__(self, model, args: UnlearnConfig, train_dataset, processing_class, ref_model=None, peft_config=None, **kwargs):
+        if args.method == UnlearnMethod.RMU and type(self).compute_loss is UnlearnTrainer.compute_loss:
+            raise ValueError("method 'rmu' is trained by llmpost.trainers.rmu.RmuTrainer with an RmuConfig")
         if args.method in NEEDS_TEMPLATES and getattr(train_dataset, "templates", None) is None:
             raise ValueError(f"method {args.method.value!r} needs template answers (ForgetRetainDataset(templates=...)), "
                              "e.g. TOFU's idontknow.jsonl: set template_answers_path")

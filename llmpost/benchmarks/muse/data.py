@@ -235,6 +235,8 @@ class MuseArguments:
 
     data_dir: str | None = field(default=None, metadata={"help": f"MUSE-News directory (../shared layout); unset: hub {MUSE_NEWS_HUB_ID}."})
     forget_split: str = field(default="raw/forget", metadata={"help": "Forget corpus, 'subset/split' (MUSE: raw/forget)."})
+    forget_file: str | None = field(
+        default=None, metadata={"help": "A local forget corpus (.txt, .json, .jsonl; llmpost.data.corpus); replaces forget_split (e.g. WMDP's corpora for RMU)."})
     forget_text_indices: list[int] | None = field(
         default=None, metadata={"help": "Only these documents of the forget corpus (tiny runs); unset: all."})
     retain_split: str | None = field(

@@ -14,13 +14,17 @@ from llmpost.utils import DataError
 def muse_train_chunks(data_args: MuseArguments, tokenizer, max_length: int, *, include_forget: bool = True,
                       include_retain: bool = True, forget_split: str | None = None):  # fmt: skip
     """``(forget, retain)`` corpora cut into ``max_length``-token chunks (:func:`llmpost.data.corpus.chunk_texts`);
-    ``None`` for a part not asked for. The forget corpus is ``forget_split`` (default ``data_args.forget_split``),
+    ``None`` for a part not asked for. The forget corpus is ``forget_split`` (default ``data_args.forget_file``, else
+    ``data_args.forget_split``),
     limited to ``forget_text_indices``; the retain corpus is ``retain_file`` or else ``retain_split``, limited to the
     first ``max_retain_texts`` documents."""
     forget = retain = None
     if include_forget:
         split = forget_split or data_args.forget_split
-        texts = muse_texts(split, data_args.data_dir)
+        if data_args.forget_file and forget_split is None:
+            split, texts = data_args.forget_file, load_texts(data_args.forget_file)
+        else:
+            texts = muse_texts(split, data_args.data_dir)
         if data_args.forget_text_indices:
             bad = [i for i in data_args.forget_text_indices if not 0 <= i < len(texts)]
             if bad:
