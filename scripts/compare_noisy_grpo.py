@@ -160,15 +160,33 @@ def paired_differences(corrected: list[dict], control: list[dict], keys=("clean_
             for k in keys}
 
 
+def uses_rho0(mode: str) -> bool:
+    """Whether rho0^ reaches a mode's advantages: PGBC's scores (R~ - rho0) / kappa do; PGFC's R~ - (1 - rho1) does
+    only through a kappa scale (``scale_mode: kappa``). With s = 1 (the tiny configs) a PGFC run ignores rho0^."""
+    cfg = load_yaml(str(CONFIGS / f"tiny_{mode}.yaml"))
+    return cfg.get("correction") == "backward" or cfg.get("scale_mode") == "kappa"
+
+
 def grid_cells(grid_modes: list[str]) -> list[tuple[str, float, float]]:
     """The misspecification grid's runs: each mode at every assumed (rho0^, rho1^) but the injected rates (whose cell
-    is the mode's main run)."""
-    return [(m, r0, r1) for m in grid_modes for r0 in GRID_RHO0 for r1 in GRID_RHO1
-            if (r0, r1) != (INJECTED_RHO0, INJECTED_RHO1)]
+    is the mode's main run). A mode that ignores rho0^ (:func:`uses_rho0`) runs the injected rho0^ row, and one cell
+    of another row as a check that it trains identically; its other cells are that row's runs (:func:`grid_dir`)."""
+    cells = []
+    for m in grid_modes:
+        for r0 in GRID_RHO0:
+            for r1 in GRID_RHO1:
+                if (r0, r1) == (INJECTED_RHO0, INJECTED_RHO1):
+                    continue
+                if uses_rho0(m) or r0 == INJECTED_RHO0 or (r0, r1) == (GRID_RHO0[0], INJECTED_RHO1):
+                    cells.append((m, r0, r1))
+    return cells
 
 
 def grid_dir(out: Path, mode: str, rho0: float, rho1: float, seed: int) -> Path:
-    """A grid cell's run directory; the injected rates' cell is the main run of that mode and seed."""
+    """A grid cell's run directory; the injected rates' cell is the main run of that mode and seed, and a cell of a
+    mode that ignores rho0^ is the run of its injected rho0^ row (but the check cell)."""
+    if not uses_rho0(mode) and (rho0, rho1) != (GRID_RHO0[0], INJECTED_RHO1):
+        rho0 = INJECTED_RHO0
     if (rho0, rho1) == (INJECTED_RHO0, INJECTED_RHO1):
         return out / f"{mode}_seed{seed}"
     return out / f"grid_{mode}_rho0_{rho0:g}_rho1_{rho1:g}_seed{seed}"
@@ -195,6 +213,14 @@ def grid_tables(out: Path, grid_modes: list[str], seed: int, per_run: dict, seed
                     cells.append(f"{m[key]:.3f} ({m[key] - control[key]:+.3f})")
                 lines.append(f"| {r0:g} | " + " | ".join(cells) + " |")
             lines.append("")
+        if not uses_rho0(mode):
+            check = run_metrics(grid_dir(out, mode, GRID_RHO0[0], INJECTED_RHO1, seed))
+            main_run = run_metrics(grid_dir(out, mode, INJECTED_RHO0, INJECTED_RHO1, seed))
+            same = all(check[k] == main_run[k] for k in ("clean_reward_end", "heldout_pass@1_end", "heldout_pass@16_end"))
+            numbers[mode]["rho0_check_identical"] = same
+            lines += [f"{mode} ignores rho0^ (s = 1): its rows are one run per rho1^, repeated; the check run at "
+                      f"rho0^ = {GRID_RHO0[0]:g}, rho1^ = {INJECTED_RHO1:g} trained "
+                      f"{'identically (the same numbers)' if same else 'DIFFERENTLY (see noisy_grpo.json)'}.", ""]  # fmt: skip
     return "\n".join(lines), numbers
 
 

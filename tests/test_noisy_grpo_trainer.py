@@ -292,11 +292,15 @@ def test_comparison_plan_adds_the_controls_and_dry_runs(capsys):
     compare.main(["--dry_run", "--grid", "--modes", "clean", "--seeds", "3", "4"])
     out = capsys.readouterr().out
     assert "backward_loo (seeds [3, 4]), uncorrected_loo (seeds [3, 4]), forward (seeds [3, 4])" in out
-    assert "grid (seed 3): 16 more runs" in out  # 2 modes x 3 x 3 cells, less the injected rates' cells
-    cells = compare.grid_cells(["forward"])
-    assert len(cells) == 8 and ("forward", 0.1, 0.2) not in cells and ("forward", 0.0, 0.3) in cells
-    assert compare.grid_dir(Path("o"), "forward", 0.1, 0.2, 3) == Path("o/forward_seed3")  # the main run
-    assert compare.grid_dir(Path("o"), "forward", 0.0, 0.3, 3) == Path("o/grid_forward_rho0_0_rho1_0.3_seed3")
+    assert "grid (seed 3): 11 more runs" in out  # PGBC: 3 x 3 less the injected cell; PGFC (s = 1): 2 + 1 check
+    assert compare.uses_rho0("backward_loo") and not compare.uses_rho0("forward")
+    cells = compare.grid_cells(["backward_loo"])
+    assert len(cells) == 8 and ("backward_loo", 0.1, 0.2) not in cells and ("backward_loo", 0.0, 0.3) in cells
+    assert compare.grid_cells(["forward"]) == [("forward", 0.0, 0.2), ("forward", 0.1, 0.1), ("forward", 0.1, 0.3)]
+    assert compare.grid_dir(Path("o"), "backward_loo", 0.1, 0.2, 3) == Path("o/backward_loo_seed3")  # the main run
+    assert compare.grid_dir(Path("o"), "backward_loo", 0.0, 0.3, 3) == Path("o/grid_backward_loo_rho0_0_rho1_0.3_seed3")
+    assert compare.grid_dir(Path("o"), "forward", 0.2, 0.3, 3) == Path("o/grid_forward_rho0_0.1_rho1_0.3_seed3")
+    assert compare.grid_dir(Path("o"), "forward", 0.0, 0.2, 3) == Path("o/grid_forward_rho0_0_rho1_0.2_seed3")
     diffs = compare.paired_differences([{"clean_reward_end": 0.5, "heldout_pass@1_end": 0.3}] * 2,
                                        [{"clean_reward_end": 0.4, "heldout_pass@1_end": 0.1},
                                         {"clean_reward_end": 0.2, "heldout_pass@1_end": 0.3}])
