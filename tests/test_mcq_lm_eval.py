@@ -4,7 +4,7 @@ lm-eval runs its own WMDP and default-MMLU task configs (read from the installed
 choices, few-shot settings, group aggregation), with only the dataset pointed at the shared files: WMDP's JSON files
 as they are, MMLU's CSVs converted (with the csv module, in a temporary folder) to the hub's layout. Its HF model loads
 the tiny model itself. Every question's choice must equal ours, every task and group accuracy too; the
-log-likelihoods agree to float noise. Skipped only where lm_eval is not installed (``pip install 'llmpost[lm_eval]'``;
+log-likelihoods agree to float noise. Skipped only where lm_eval is not installed (``pip install 'llmpost[lm-eval]'``;
 scripts/setup.sh installs it).
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SHARED, TINY_MODEL
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm_eval not installed (pip install 'llmpost[lm_eval]')")
+lm_eval = pytest.importorskip("lm_eval", reason="lm_eval not installed (pip install 'llmpost[lm-eval]')")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +91,7 @@ def harness(tmp_path_factory):
     groups = _write_tasks(task_dir, data_dir)
     # limit applies per task: WMDP_LIMIT for each WMDP subset; MMLU_LIMIT via the same call would cut WMDP too, so
     # run the two benchmarks separately.
-    out = {}
+    out = {"task_dir": task_dir}
     for names, limit in ((groups[:1], WMDP_LIMIT), (groups[1:], MMLU_LIMIT)):
         res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={TINY_MODEL},dtype=float32", device="cpu",
                                       tasks=names, limit=limit, batch_size=16, log_samples=True, bootstrap_iters=0,
@@ -151,3 +151,22 @@ def test_mmlu_matches_lm_eval(harness, model_and_tokenizer, shots):
     assert n == len(SUBJECTS) * MMLU_LIMIT
     for group in ("mmlu", "mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"):
         assert summary[group] == pytest.approx(harness["results"][f"cmp{shots}_{group}"]["acc,none"], abs=1e-12)
+
+
+def test_cli_lm_eval_pass_through_on_a_lora_adapter(harness, tmp_path):
+    """``llmpost eval lm_eval`` merges a LoRA adapter (zero-initialised B: the merged model is the base model) and
+    writes lm-eval's results, which then equal lm-eval's run on the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    from llmpost.cli import main
+    from llmpost.models import load_saved_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(load_saved_model(str(TINY_MODEL), "float32"),
+                   LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["eval", "lm_eval", "--tasks", "cmp_wmdp_chem", "--include_path", str(harness["task_dir"]),
+                 "--model_name_or_path", str(adapter), "--tokenizer_name_or_path", str(TINY_MODEL),
+                 "--max_examples", str(WMDP_LIMIT), "--device", "cpu", "--output_dir", str(out)]) == 0  # fmt: skip
+    results = json.loads((out / "LM_EVAL_RESULTS.json").read_text())["results"]
+    assert results["cmp_wmdp_chem"]["acc,none"] == harness["results"]["cmp_wmdp_chem"]["acc,none"]
