@@ -108,17 +108,20 @@ def model_and_tokenizer():
     return load_saved_model(str(TINY_MODEL), "float32"), load_tokenizer(str(TINY_MODEL))
 
 
-def _compare(ours: dict, samples: list[dict]) -> int:
-    """Every question's choice and 0/1 accuracy equal lm-eval's; log-likelihoods within float noise."""
+def _compare(ours: dict, samples: list[dict]) -> tuple[int, float]:
+    """Every question's choice and 0/1 accuracy equal lm-eval's; log-likelihoods within float noise. Returns the
+    number of questions and the largest log-likelihood difference."""
     by_index = ours["value_by_index"]
     assert len(samples) == len(by_index)
+    worst = 0.0
     for s in samples:
         mine = by_index[str(s["doc_id"])]
         theirs = [float(ll) for ll, _ in s["filtered_resps"]]
         assert mine["pred"] == int(np.argmax(theirs)), (s["doc_id"], mine, theirs)
         assert float(mine["pred"] == mine["answer"]) == s["acc"]
         np.testing.assert_allclose(mine["loglikelihoods"], theirs, rtol=0, atol=1e-4)
-    return len(samples)
+        worst = max(worst, float(np.max(np.abs(np.subtract(mine["loglikelihoods"], theirs)))))
+    return len(samples), worst
 
 
 def test_wmdp_matches_lm_eval(harness, model_and_tokenizer):
@@ -127,11 +130,13 @@ def test_wmdp_matches_lm_eval(harness, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     logs = compute_wmdp(model, tokenizer, WmdpEvalSettings(str(WMDP_DIR), max_examples=WMDP_LIMIT, batch_size=4))
     summary = summarize(logs)
-    n = 0
+    n, worst = 0, 0.0
     for task, entry in logs.items():
-        n += _compare(entry, harness["samples"][f"cmp_{task}"])
+        count, diff = _compare(entry, harness["samples"][f"cmp_{task}"])
+        n, worst = n + count, max(worst, diff)
         assert entry["agg_value"] == pytest.approx(harness["results"][f"cmp_{task}"]["acc,none"], abs=1e-12)
     assert n == 3 * WMDP_LIMIT
+    print(f"WMDP: {n} questions, choices equal; max |log-likelihood difference| {worst:.2e}")
     assert summary["wmdp"] == pytest.approx(harness["results"]["cmp_wmdp"]["acc,none"], abs=1e-12)
 
 
@@ -144,11 +149,13 @@ def test_mmlu_matches_lm_eval(harness, model_and_tokenizer, shots):
                                 max_examples=MMLU_LIMIT, batch_size=4)  # fmt: skip
     logs = compute_mmlu(model, tokenizer, settings)
     summary = summarize(logs, shots)
-    n = 0
+    n, worst = 0, 0.0
     for task, entry in logs.items():
-        n += _compare(entry, harness["samples"][f"cmp{shots}_{task}"])
+        count, diff = _compare(entry, harness["samples"][f"cmp{shots}_{task}"])
+        n, worst = n + count, max(worst, diff)
         assert entry["agg_value"] == pytest.approx(harness["results"][f"cmp{shots}_{task}"]["acc,none"], abs=1e-12)
     assert n == len(SUBJECTS) * MMLU_LIMIT
+    print(f"MMLU {shots}-shot: {n} questions, choices equal; max |log-likelihood difference| {worst:.2e}")
     for group in ("mmlu", "mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities"):
         assert summary[group] == pytest.approx(harness["results"][f"cmp{shots}_{group}"]["acc,none"], abs=1e-12)
 

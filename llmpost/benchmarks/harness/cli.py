@@ -75,7 +75,7 @@ def run_eval_lm_eval(ns: argparse.Namespace) -> int:
 def register(benchmarks, report_benchmarks) -> None:
     """Register ``llmpost eval lm_eval``."""
     parser = benchmarks.add_parser(
-        "lm_eval", help="Any lm-evaluation-harness task on a llmpost checkpoint (extra: llmpost[lm_eval]).",
+        "lm_eval", help="Any lm-evaluation-harness task on a llmpost checkpoint (extra: llmpost[lm-eval]).",
         description="Run lm-evaluation-harness's simple_evaluate on a llmpost checkpoint (a full model, or a LoRA "
                     "adapter merged into its base); writes lm-eval's results JSON as LM_EVAL_RESULTS.json.")  # fmt: skip
     add_dataclass_args(parser, LmEvalArgs, required=("model_name_or_path", "output_dir", "tasks"))

@@ -18,7 +18,7 @@ from llmpost.utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "LM_EVAL_RESULTS.json"
-EXTRA_HINT = "pip install 'llmpost[lm_eval]'"
+EXTRA_HINT = "pip install 'llmpost[lm-eval]'"
 
 
 class LmEvalMissing(ImportError):
