@@ -32,7 +32,7 @@ from llmpost.benchmarks.args import CliError, add_report_parser
 from llmpost.utils import DataError, RetainLogError
 
 # The benchmark packages with ``llmpost eval`` / ``llmpost report`` subcommands, in the order ``--help`` lists them.
-BENCHMARKS = ("tofu", "muse", "math", "verifier")
+BENCHMARKS = ("tofu", "muse", "math", "verifier", "wmdp", "mmlu", "harness")
 
 
 def build_parser() -> argparse.ArgumentParser:

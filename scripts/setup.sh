@@ -29,11 +29,12 @@ if ! python -c "import torch" 2>/dev/null; then
     quiet_pip install -q -c "$CONSTRAINTS" torch   # the version, the CPU wheel on these machines, is constraints.txt's (see ../shared/DESIGN.md)
   fi
 fi
-# Editable install with the [dev] extra (pytest, deepspeed for the distributed tests); again when pyproject.toml or
+# Editable install with the [dev] extra (pytest, deepspeed for the distributed tests) and [lm_eval] (the WMDP/MMLU
+# comparison with lm-evaluation-harness); again when pyproject.toml or
 # constraints.txt changed since the last install (pip then moves installed packages to the pinned versions).
-if ! python -c "import llmpost, trl, deepspeed, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.llmpost-installed ] \
+if ! python -c "import llmpost, trl, deepspeed, pytest, lm_eval" 2>/dev/null || [ pyproject.toml -nt .venv/.llmpost-installed ] \
     || [ constraints.txt -nt .venv/.llmpost-installed ]; then
-  quiet_pip install -q -c "$CONSTRAINTS" -e ".[dev]"
-  python -c "import llmpost, trl, deepspeed, pytest"
+  quiet_pip install -q -c "$CONSTRAINTS" -e ".[dev,lm-eval]"
+  python -c "import llmpost, trl, deepspeed, pytest, lm_eval"
   touch .venv/.llmpost-installed
 fi
