@@ -18,7 +18,8 @@ difference, NPO+RT, SimNPO, IdkDPO, WGA, SatImp, PDU, AltPO) use 5e-4, forget-on
 FLAT, CE-U, and UNDIAL, whose retain weight defaults to 0) 5e-5, since without a retain term a larger step collapses
 the retain set with the forget set on this 260K-parameter model (the rule was measured for NPO and NPO+RT only; the
 methods added later follow it untuned). On MUSE every method uses the tiny config's learning rate (1e-4). ``--lr
-METHOD=LR`` overrides either. PDU gets ``METHOD_FLAGS`` (its retain bound has no default).
+METHOD=LR`` overrides either. PDU gets ``METHOD_FLAGS`` (its retain bound has no default), and so does RMU (the tiny
+model's layer, parameters and retain weight, with lr 5e-3, as ``configs/rmu_tofu_tiny.yaml``).
 
 Writes into ``--out``: ``comparison.md`` and ``comparison.json`` (every metric of every run, with its wall time and
 learning rate), ``tofu_fq_vs_mu.png`` and ``muse_mem_vs_utility.png``. A run whose evaluation summary already exists
@@ -50,11 +51,16 @@ METHODS = [m.value for m in UnlearnMethod]
 WITH_RETAIN_TERM = {"grad_diff", "npo_rt", "simnpo", "idk_dpo", "wga", "satimp", "pdu", "altpo"}
 # Method settings without a default. PDU: the retain-NLL bound, above the tiny targets' retain NLL (~0.8 on TOFU's
 # memorised retain authors), and a one-epoch dual warm-up (the default 5 is the whole 5-epoch budget). Untuned.
-METHOD_FLAGS = {"pdu": ["--pdu_retain_eps", "1.0", "--pdu_dual_warmup_epochs", "1"]}
+METHOD_FLAGS = {"pdu": ["--pdu_retain_eps", "1.0", "--pdu_dual_warmup_epochs", "1"],
+                # RMU on stories260K (5 layers): configs/rmu_tofu_tiny.yaml's layer, parameters and retain weight
+                "rmu": ["--rmu_layer", "2", "--rmu_param_patterns", r"model\.layers\.(0|1|2)\.mlp\.down_proj\.weight",
+                        "--rmu_alpha", "10", "--rmu_steering_coeff", "6.5"]}  # fmt: skip
 MUSE_KEYS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak", "privleak_auc")
 
 
 def default_lr(method: str) -> float:
+    if method == "rmu":
+        return 5e-3  # configs/rmu_tofu_tiny.yaml: an activation loss on three down_proj matrices, not a likelihood
     return 5e-4 if method in WITH_RETAIN_TERM else 5e-5
 
 
