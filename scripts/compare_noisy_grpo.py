@@ -307,7 +307,7 @@ def main(argv=None) -> None:
             for key, (m, e) in paired_differences(metrics, per_run[pairs[mode]]).items():
                 row[key] = f"{m:+.3f} ± {e:.3f}"
         rows[mode] = row
-        histories = [json.loads((d / LOG_HISTORY_FILE).read_text()) for d in dirs]
+        histories = [json.loads((out / f"{mode}_seed{seed}" / LOG_HISTORY_FILE).read_text()) for seed in args.seeds]
         key = "noisy/raw_reward" if mode == "clean" else "noisy/clean_reward"
         panels["clean"][mode] = mean_curve([curve(h, key) for h in histories])
         panels["heldout"][mode] = mean_curve([curve(h, "heldout/pass@1") for h in histories])
@@ -321,7 +321,7 @@ def main(argv=None) -> None:
         figure.append({"title": "appeals: online estimate of rho1", "ylabel": "rho1^ (EMA)", "series": panels["rho1"],
                        "hline": (INJECTED_RHO1, f"injected rho1 = {INJECTED_RHO1}")})  # fmt: skip
     plot_curves(figure, out / "noisy_grpo.png",
-                title=f"GRPO with a noisy verifier (injected rho1 = {INJECTED_RHO1}), stories260K, "
+                title=f"GRPO with a noisy verifier (injected rho0 = {INJECTED_RHO0}, rho1 = {INJECTED_RHO1}), stories260K, "
                       f"mean ± s.e. over {len(args.seeds)} seeds")  # fmt: skip
     keys = ["matched_control", "clean_reward_start", "clean_reward_end", "clean_reward_end_minus_control",
             "verifier_reward_end", "heldout_pass@1_start", "heldout_pass@1_end", "heldout_pass@1_end_minus_control",
