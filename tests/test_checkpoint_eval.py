@@ -253,9 +253,13 @@ def test_bad_input_fails_before_training_naming_the_key(tmp_path, capsys, monkey
     assert "needs retain_logs_path" in err
     err = _fails(capsys, "npo_tofu", *BASE, *log, "--select", "pareto", "--output_dir", str(tmp_path / "d"))
     assert "select: pareto" in err and "eval_strategy" in err
-    err = _fails(capsys, "npo_tofu", *BASE, *log, "--eval_strategy", "steps", "--data_dir", str(tmp_path),
+    train_only = tmp_path / "train_only"  # the training splits without the evaluation ones
+    train_only.mkdir()
+    for split in ("forget01", "retain90"):
+        (train_only / f"{split}.jsonl").symlink_to(TOFU_DIR / f"{split}.jsonl")
+    err = _fails(capsys, "npo_tofu", *BASE, *log, "--eval_strategy", "steps", "--data_dir", str(train_only),
                  "--output_dir", str(tmp_path / "e"))  # fmt: skip  -- no evaluation data
-    assert "forget01" in err
+    assert "forget01_perturbed" in err and "not found" in err
     err = _fails(capsys, "npo_muse", "--config", "configs/npo_muse_tiny.yaml", "--model_name_or_path", str(TINY_MODEL),
                  "--retain_logs_path", "", "--eval_strategy", "steps", "--select", "muse_bench",
                  "--output_dir", str(tmp_path / "f"))  # fmt: skip
