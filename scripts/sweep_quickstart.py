@@ -1,20 +1,22 @@
 """The sweep behind the quickstart's unlearning setting: methods x learning rates on tiny TOFU forget01.
 
-    python scripts/sweep_quickstart.py --target runs/quickstart/target --retain_logs runs/quickstart/retain/eval/TOFU_EVAL.json \
-        --out runs/sweep_quickstart --methods npo npo_rt simnpo grad_diff --lrs 1e-4 3e-4 1e-3 --jobs 2
+    bash scripts/quickstart.sh                  # the target and retain model (runs/quickstart)
+    python scripts/sweep_quickstart.py --jobs 2  # npo_rt simnpo grad_diff npo x lr 1e-4 5e-4, 8 epochs, eval every 10 steps
+    python scripts/sweep_quickstart.py --methods simnpo --lrs 1e-3
+    python scripts/sweep_quickstart.py ... --table_only --rule pareto     # tabulate the finished runs under another rule
 
 Every run unlearns forget01 from the same target (``configs/finetune_tofu_tiny_forget01.yaml``) with
 ``configs/npo_tofu_tiny_forget01.yaml`` and ``--method M --learning_rate LR --num_train_epochs E``, and evaluates TOFU
 during training every ``--eval_steps`` steps (``--select max_forget_quality``, so each checkpoint's evaluation is kept
 in ``SELECTION.json``). To spare one evaluation per run, the runs do not evaluate the target at step 0 themselves: the
-target's own evaluation (``--target``/eval, the same model, the same code) is put in front of each run's evaluations,
-and the quickstart's rule, ``pareto`` (the highest forget quality among checkpoints whose model utility is >= 0.9 x the
-target's), is applied to that list with :func:`llmpost.eval.selection.select`: the checkpoint the run would report
-with ``--select pareto --eval_on_start true``. The table also gives, for each run, whether that checkpoint meets the
-quickstart's targets (forget quality >= 0.1, retain_Q_A_Prob >= 0.9 x the target's).
+target's own evaluation (``--target``/eval: the same model, the same code) is put in front of each run's evaluations,
+and ``--rule`` is applied to that list with :func:`llmpost.eval.selection.select`, giving the checkpoint the run would
+report with ``--select RULE --eval_on_start true``: ``max_forget_quality`` (the quickstart's rule) or ``pareto`` (the
+highest forget quality among checkpoints whose model utility is >= 0.9 x the target's). The table also says whether
+that checkpoint meets the quickstart's targets (forget quality >= 0.1, retain_Q_A_Prob >= 0.9 x the target's).
 
-Writes ``--out``/sweep.md (the table) and sweep.json (every evaluation of every run). A run whose ``SELECTION.json``
-is final is reused, so an interrupted sweep continues where it stopped. ``--jobs`` runs that many recipes at a time
+Writes ``--out``/sweep_RULE.md (the table) and sweep_RULE.json (the evaluations of every run along the way). A run
+whose ``SELECTION.json`` is final is reused, so an interrupted sweep continues where it stopped. ``--jobs`` runs that many recipes at a time
 (each with ``OMP_NUM_THREADS=--threads``).
 """
 
@@ -96,34 +98,52 @@ def table(rows: list[dict], target: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", required=True, help="The target model directory; its eval/ holds its TOFU evaluation.")
-    p.add_argument("--retain_logs", required=True, help="The retain model's TOFU_EVAL.json on forget01.")
+    p.add_argument(
+        "--target",
+        default="runs/quickstart/target",
+        help="The target model directory; its eval/ holds its TOFU evaluation (the quickstart's by default).",
+    )
+    p.add_argument(
+        "--retain_logs",
+        default="runs/quickstart/retain/eval/TOFU_EVAL.json",
+        help="The retain model's TOFU_EVAL.json on forget01.",
+    )
     p.add_argument("--out", default="runs/sweep_quickstart")
     p.add_argument("--config", default="configs/npo_tofu_tiny_forget01.yaml")
-    p.add_argument("--methods", nargs="+", default=["npo", "npo_rt", "simnpo", "grad_diff"])
-    p.add_argument("--lrs", nargs="+", default=["1e-4", "3e-4", "1e-3"])
-    p.add_argument("--epochs", nargs="+", type=int, default=[10])
+    p.add_argument("--methods", nargs="+", default=["npo_rt", "simnpo", "grad_diff", "npo"])
+    p.add_argument("--lrs", nargs="+", default=["1e-4", "5e-4"])
+    p.add_argument("--epochs", nargs="+", type=int, default=[8])
     p.add_argument("--eval_steps", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rule", default="max_forget_quality", choices=["max_forget_quality", "pareto"],
-                   help="The rule that picks each run's checkpoint in the table (the quickstart's: max_forget_quality).")
+    p.add_argument(
+        "--rule",
+        default="max_forget_quality",
+        choices=["max_forget_quality", "pareto"],
+        help="The rule that picks each run's checkpoint in the table (the quickstart's: max_forget_quality).",
+    )
     p.add_argument("--rerun", action="store_true")
-    p.add_argument("--table_only", action="store_true",
-                   help="Run nothing: tabulate every finished run in --out (e.g. after sweeps with other grids).")
+    p.add_argument(
+        "--table_only",
+        action="store_true",
+        help="Run nothing: tabulate every finished run in --out (e.g. after sweeps with other grids).",
+    )
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More recipe flags, passed through.")
     a = p.parse_args(argv)
     a.target, a.retain_logs = str(Path(a.target).resolve()), str(Path(a.retain_logs).resolve())
-    from llmpost.benchmarks.tofu.report import load_run
     from llmpost.benchmarks.tofu.evaluate import load_retain_logs
+    from llmpost.benchmarks.tofu.report import load_run
 
     target = load_run(Path(a.target) / "eval", load_retain_logs(a.retain_logs))
     grid = [(m, lr, e) for e in a.epochs for m in a.methods for lr in a.lrs]
     if a.table_only:
         found = [re.fullmatch(r"(.+)_lr(.+)_ep(\d+)", d.name) for d in sorted(Path(a.out).iterdir())
                  if (d / "SELECTION.json").is_file()]  # fmt: skip
-        grid = [(m.group(1), m.group(2), int(m.group(3))) for m in found
-                if m and json.loads((Path(a.out) / m.group(0) / "SELECTION.json").read_text()).get("status") == "final"]
+        grid = [
+            (m.group(1), m.group(2), int(m.group(3)))
+            for m in found
+            if m and json.loads((Path(a.out) / m.group(0) / "SELECTION.json").read_text()).get("status") == "final"
+        ]
         order = {m: i for i, m in enumerate(a.methods)}
         grid.sort(key=lambda g: (order.get(g[0], len(order)), g[0], float(g[1]), g[2]))
     start = time.time()
