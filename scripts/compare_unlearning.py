@@ -4,9 +4,9 @@
     python scripts/compare_unlearning.py --benchmarks tofu --methods npo flat idk_dpo
     python scripts/compare_unlearning.py --dry_run                        # print the commands, run nothing
 
-TOFU (the quickstart's setting): ``stories260K`` fine-tuned on forget10 + the first 23 retain authors is the target,
-on those 23 authors alone the retain model (whose ``TOFU_EVAL.json`` is the retain log forget quality is measured
-against); every method unlearns forget10 from the same target with ``configs/npo_tofu_tiny.yaml`` (5 epochs,
+TOFU (the forget10 quickstart's setting, ``QUICKSTART_SPLIT=forget10``): ``stories260K`` fine-tuned on forget10 + the
+first 23 retain authors is the target, on those 23 authors alone the retain model (whose ``TOFU_EVAL.json`` is the
+retain log forget quality is measured against); every method unlearns forget10 from the same target with ``configs/npo_tofu_tiny.yaml`` (5 epochs,
 effective batch 32, beta 0.1, constant learning rate) and is evaluated on the full TOFU forget10 protocol.
 MUSE: ``configs/finetune_muse_tiny.yaml`` makes the target (forget + retain text) and the retrained model (retain
 text), every method unlearns with ``configs/npo_muse_tiny.yaml``, and the retrained model's ``MUSE_EVAL.json`` gives
