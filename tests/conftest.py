@@ -81,3 +81,21 @@ def run_dumped(cmd: list, dump: Path, world: int, use_cpu: bool = True) -> list[
     assert files == [f"rank{r}.json" for r in range(world)]
     return [json.loads((dump / f"rank{r}.json").read_text()) | {"state": torch.load(dump / f"rank{r}.pt")}
             for r in range(world)]  # fmt: skip
+
+
+def assert_results_close(a, b, path: str = "", rel: float = 1e-5, abs_: float = 1e-7) -> None:
+    """Two result files (parsed JSON) agree: the same keys, lists and strings, numbers within float32 noise."""
+    import pytest
+
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_results_close(a[k], b[k], f"{path}/{k}", rel, abs_)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_results_close(x, y, f"{path}/{i}", rel, abs_)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel, abs=abs_, nan_ok=True), path
+    else:
+        assert a == b, path

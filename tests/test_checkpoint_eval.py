@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY_MODEL, TOFU_DIR
+from conftest import assert_results_close as _close
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,22 +45,6 @@ def _cli(*argv):
     from llmpost.cli import main
 
     assert main(list(argv)) == 0
-
-
-def _close(a, b, path="") -> None:
-    """Two result files agree: same keys and strings, numbers within float32 noise."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}/{i}")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-7, nan_ok=True), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_results_close
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TINY_MODEL = SHARED / "models" / "stories260K"
@@ -285,21 +287,6 @@ def retain_log(tmp_path_factory):
     return out / "TOFU_EVAL.json"
 
 
-def _close(a, b, path="") -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}/{i}")
-    elif isinstance(a, float) and isinstance(b, float):  # 2 shards vs 1: other batches, float32 reduction noise
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True), path
-    else:
-        assert a == b, path
-
-
 def _check_eval_during_training(run: dict, retain_log: Path, tmp_path: Path) -> None:
     """Both ranks recorded the same evaluations at every step; the run's best/ and final evaluations equal a standalone
     single-process ``llmpost eval tofu`` of the same checkpoints."""
@@ -314,8 +301,9 @@ def _check_eval_during_training(run: dict, retain_log: Path, tmp_path: Path) -> 
         assert main(["eval", "tofu", "--model_name_or_path", str(model_dir), "--data_dir", str(TOFU_DIR),
                      "--forget_split", "forget01", "--max_examples", "6", "--max_new_tokens", "8", "--batch_size", "8",
                      "--retain_logs_path", str(retain_log), "--output_dir", str(tmp_path / name)]) == 0  # fmt: skip
-        _close(json.loads((tmp_path / name / "TOFU_EVAL.json").read_text()),
-               json.loads((model_dir / "eval" / "TOFU_EVAL.json").read_text()))
+        # 2 shards vs 1: other batches, float32 reduction noise
+        assert_results_close(json.loads((tmp_path / name / "TOFU_EVAL.json").read_text()),
+                             json.loads((model_dir / "eval" / "TOFU_EVAL.json").read_text()), abs_=1e-6)
 
 
 @pytest.mark.slow
